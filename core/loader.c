@@ -1,0 +1,214 @@
+/* The one loader for every kind of runtime plugin (backends, task plugins):
+ * discovery on a search path, dlopen, the entry symbol, and the header
+ * checks, each refusal with its own message naming the file. */
+#include <ctype.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define MS_MAX_DIRS 32
+
+typedef struct search_dirs {
+    char *buf;              /* the dirs, NUL-separated, owned */
+    const char *dir[MS_MAX_DIRS];
+    int n;
+} search_dirs;
+
+static void dirs_free(search_dirs *d) { free(d->buf); }
+
+static void dirs_collect(const ms_plugin_kind *k, search_dirs *d)
+{
+    const char *env = getenv(k->path_env);
+    size_t len = (env ? strlen(env) : 0) + strlen(k->build_dir) + strlen(k->install_dir) + 3;
+    d->n = 0;
+    d->buf = malloc(len);
+    if (!d->buf)
+        return;
+    snprintf(d->buf, len, "%s:%s:%s", env ? env : "", k->build_dir, k->install_dir);
+    for (char *p = d->buf, *q; p && d->n < MS_MAX_DIRS; p = q) {
+        q = strchr(p, ':');
+        if (q)
+            *q++ = '\0';
+        if (*p)
+            d->dir[d->n++] = p;
+    }
+}
+
+size_t ms__plugin_search_path(const ms_plugin_kind *k, char *buf, size_t cap)
+{
+    search_dirs d;
+    dirs_collect(k, &d);
+    size_t n = 0;
+    if (cap)
+        buf[0] = '\0';
+    for (int i = 0; i < d.n; i++) {
+        int w = snprintf(n < cap ? buf + n : NULL, n < cap ? cap - n : 0, "%s%s", i ? ":" : "",
+                         d.dir[i]);
+        n += (size_t)w;
+    }
+    dirs_free(&d);
+    return n;
+}
+
+/* name of a plugin file "libmetastep-backend-NAME.so" -> NAME, or NULL */
+static bool file_plugin_name(const ms_plugin_kind *k, const char *file, char *name, size_t cap)
+{
+    size_t pl = strlen(k->prefix), fl = strlen(file);
+    if (fl <= pl + 3 || strncmp(file, k->prefix, pl) != 0 || strcmp(file + fl - 3, ".so") != 0)
+        return false;
+    size_t nl = fl - pl - 3;
+    if (nl + 1 > cap)
+        return false;
+    memcpy(name, file + pl, nl);
+    name[nl] = '\0';
+    return true;
+}
+
+int ms__plugin_list(const ms_plugin_kind *k,
+                    void (*fn)(const char *name, const char *path, void *user), void *user)
+{
+    search_dirs d;
+    dirs_collect(k, &d);
+    char seen[64][64];
+    int nseen = 0;
+    for (int i = 0; i < d.n; i++) {
+        DIR *dir = opendir(d.dir[i]);
+        if (!dir)
+            continue;
+        struct dirent *e;
+        /* sort-free but stable enough: directory order within one directory */
+        while ((e = readdir(dir)) != NULL) {
+            char name[64];
+            if (!file_plugin_name(k, e->d_name, name, sizeof name))
+                continue;
+            bool dup = false;
+            for (int j = 0; j < nseen; j++)
+                dup = dup || strcmp(seen[j], name) == 0;
+            if (dup || nseen == 64)
+                continue;
+            snprintf(seen[nseen++], sizeof seen[0], "%s", name);
+            if (fn) {
+                char path[4096];
+                snprintf(path, sizeof path, "%s/%s", d.dir[i], e->d_name);
+                fn(name, path, user);
+            }
+        }
+        closedir(dir);
+    }
+    dirs_free(&d);
+    return nseen;
+}
+
+typedef struct found_list { char text[2048]; size_t n; } found_list;
+
+static void add_found(const char *name, const char *path, void *user)
+{
+    found_list *f = user;
+    if (f->n < sizeof f->text)
+        f->n += (size_t)snprintf(f->text + f->n, sizeof f->text - f->n, "%s%s (%s)",
+                                 f->n ? ", " : "", name, path);
+}
+
+static bool valid_name(const char *name)
+{
+    if (!*name || strlen(name) > 48)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && *p != '.')
+            return false;
+    return true;
+}
+
+static char *resolve(const ms_plugin_kind *k, const char *name)
+{
+    if (strchr(name, '/'))
+        return strdup(name);
+    if (!valid_name(name)) {
+        ms__fail(MS_ERR_BACKEND, "%s '%s': a name may hold only letters, digits, '_', '-' and '.' "
+                 "(give a path containing '/' to load a file)", k->kind, name);
+        return NULL;
+    }
+    search_dirs d;
+    dirs_collect(k, &d);
+    char *path = NULL;
+    for (int i = 0; i < d.n && !path; i++) {
+        size_t len = strlen(d.dir[i]) + strlen(k->prefix) + strlen(name) + 5;
+        char *p = malloc(len);
+        if (!p)
+            break;
+        snprintf(p, len, "%s/%s%s.so", d.dir[i], k->prefix, name);
+        if (access(p, F_OK) == 0)
+            path = p;
+        else
+            free(p);
+    }
+    dirs_free(&d);
+    if (!path) {
+        found_list f = {.n = 0};
+        ms__plugin_list(k, add_found, &f);
+        char dirs[2048];
+        ms__plugin_search_path(k, dirs, sizeof dirs);
+        ms__fail(MS_ERR_BACKEND, "unknown %s '%s' (no %s%s.so): found %s; searched %s", k->kind,
+                 name, k->prefix, name, f.n ? f.text : "none", dirs);
+    }
+    return path;
+}
+
+ms_status ms__plugin_open(const ms_plugin_kind *k, const char *name, void **handle,
+                          const ms_plugin_header **table, char **path_out)
+{
+    if (!name)
+        return ms__fail(MS_ERR_NULL_ARG, "loading a %s: name is NULL", k->kind);
+    char *path = resolve(k, name);
+    if (!path)
+        return MS_ERR_BACKEND;
+    dlerror();
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *e = dlerror();
+        ms__fail(MS_ERR_BACKEND, "%s '%s': dlopen failed: %s", k->kind, path, e ? e : "unknown");
+        free(path);
+        return MS_ERR_BACKEND;
+    }
+    ms_status st = MS_ERR_BACKEND;
+    void *sym = dlsym(h, k->entry_symbol);
+    if (!sym) {
+        ms__fail(st, "%s '%s': no entry symbol %s (is it a metastep %s?)", k->kind, path,
+                 k->entry_symbol, k->kind);
+        goto refuse;
+    }
+    const ms_plugin_header *(*entry)(void);
+    *(void **)&entry = sym;
+    const ms_plugin_header *t = entry();
+    if (!t) {
+        ms__fail(st, "%s '%s': %s returned NULL", k->kind, path, k->entry_symbol);
+        goto refuse;
+    }
+    if (t->abi_major != k->abi_major) {
+        ms__fail(st, "%s '%s': built for %s ABI %u.%u, but this metastep speaks ABI %u.x",
+                 k->kind, path, k->kind, t->abi_major, t->abi_minor, k->abi_major);
+        goto refuse;
+    }
+    if (t->size < k->min_size) {
+        ms__fail(st, "%s '%s': short table (%zu bytes; ABI %u needs at least %zu)", k->kind, path,
+                 t->size, k->abi_major, k->min_size);
+        goto refuse;
+    }
+    if (!t->name || !t->description) {
+        ms__fail(st, "%s '%s': the table's name or description is NULL", k->kind, path);
+        goto refuse;
+    }
+    *handle = h;
+    *table = t;
+    *path_out = path;
+    return MS_OK;
+refuse:
+    dlclose(h);
+    free(path);
+    return st;
+}

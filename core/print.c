@@ -1,0 +1,269 @@
+/* Printing in Ivy's layout, which is NumPy's array repr: every value in its
+ * shortest round-trip form for the dtype but at most 8 fractional digits
+ * (NumPy's floatmode "maxprec", precision 8), columns aligned on the decimal
+ * point, scientific notation when magnitudes span more than 1e3 or reach
+ * 1e8 or fall below 1e-4, rows wrapped at 75 characters. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define PREFIX "ivy.array("
+#define LINE_WIDTH 75
+#define PRECISION 8
+
+typedef struct fmt {
+    bool sci;
+    int pad_left, pad_right; /* positional: integer-part and fraction widths */
+    int sci_digits;          /* scientific: fraction digits of the mantissa */
+    int exp_width;           /* scientific: exponent digits */
+} fmt;
+
+static double value_at(const ms_tensor *t, int64_t i)
+{
+    return t->dtype == MS_F32 ? (double)((const float *)t->data)[i]
+                              : ((const double *)t->data)[i];
+}
+
+/* Fewest significant digits (1..17) that read back as v in its dtype. */
+static int shortest_digits(double v, ms_dtype dt)
+{
+    char buf[64];
+    for (int p = 0; p < 17; p++) {
+        snprintf(buf, sizeof buf, "%.*e", p, v);
+        double r = strtod(buf, NULL);
+        if (dt == MS_F32 ? (float)r == (float)v : r == v)
+            return p + 1;
+    }
+    return 17;
+}
+
+/* Positional text of finite v: shortest round-trip, at most PRECISION
+ * fraction digits, trailing zeros trimmed but the point kept ("1.", "0.5"). */
+static void positional(double v, ms_dtype dt, char *out, size_t cap)
+{
+    int sig = shortest_digits(v, dt);
+    int exp10 = v == 0 ? 0 : (int)floor(log10(fabs(v)));
+    char e[64];
+    snprintf(e, sizeof e, "%.*e", sig - 1, v);
+    exp10 = atoi(strchr(e, 'e') + 1); /* the exponent after rounding */
+    int frac = sig - 1 - exp10;
+    if (frac < 0)
+        frac = 0;
+    if (frac > PRECISION)
+        frac = PRECISION;
+    snprintf(out, cap, "%.*f", frac, v);
+    char *dot = strchr(out, '.');
+    if (!dot) {
+        strncat(out, ".", cap - strlen(out) - 1);
+        return;
+    }
+    size_t n = strlen(out);
+    while (n > 0 && out[n - 1] == '0' && &out[n - 1] > dot)
+        out[--n] = '\0';
+    if (strcmp(out, "-0.") == 0 && !signbit(v))
+        snprintf(out, cap, "0.");
+}
+
+/* Scientific text: mantissa with `digits` fraction digits (trimmed), exponent. */
+static void scientific(double v, ms_dtype dt, int digits, bool trim, int exp_width, char *out,
+                       size_t cap)
+{
+    char m[64];
+    snprintf(m, sizeof m, "%.*e", digits, v);
+    char *e = strchr(m, 'e');
+    int ex = atoi(e + 1);
+    *e = '\0';
+    if (trim) {
+        size_t n = strlen(m);
+        char *dot = strchr(m, '.');
+        while (dot && n > 0 && m[n - 1] == '0' && &m[n - 1] > dot)
+            m[--n] = '\0';
+        if (!dot)
+            strcat(m, ".");
+    }
+    (void)dt;
+    snprintf(out, cap, "%se%c%0*d", m, ex < 0 ? '-' : '+', exp_width, abs(ex));
+}
+
+static void non_finite(double v, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+}
+
+static fmt make_format(const ms_tensor *t)
+{
+    fmt f = {false, 0, 0, 0, 2};
+    double maxv = 0, minv = INFINITY;
+    bool any_finite = false, any_nonfinite = false;
+    for (int64_t i = 0; i < t->numel; i++) {
+        double v = value_at(t, i);
+        if (!isfinite(v)) {
+            any_nonfinite = true;
+            continue;
+        }
+        any_finite = true;
+        double a = fabs(v);
+        if (a != 0) {
+            maxv = a > maxv ? a : maxv;
+            minv = a < minv ? a : minv;
+        }
+    }
+    if (maxv > 0 && (maxv >= 1e8 || minv < 1e-4 || maxv / minv > 1e3))
+        f.sci = true;
+    char buf[128];
+    for (int64_t i = 0; any_finite && i < t->numel; i++) {
+        double v = value_at(t, i);
+        if (!isfinite(v))
+            continue;
+        if (f.sci) {
+            int sig = shortest_digits(v, t->dtype);
+            int d = sig - 1 > PRECISION ? PRECISION : sig - 1;
+            f.sci_digits = d > f.sci_digits ? d : f.sci_digits;
+            int ex = v == 0 ? 0 : abs((int)floor(log10(fabs(v))));
+            if (ex >= 100)
+                f.exp_width = 3;
+            int il = v < 0 ? 2 : 1;
+            f.pad_left = il > f.pad_left ? il : f.pad_left;
+        } else {
+            positional(v, t->dtype, buf, sizeof buf);
+            char *dot = strchr(buf, '.');
+            int il = (int)(dot - buf), fl = (int)strlen(dot + 1);
+            f.pad_left = il > f.pad_left ? il : f.pad_left;
+            f.pad_right = fl > f.pad_right ? fl : f.pad_right;
+        }
+    }
+    if (any_nonfinite && !f.sci) {
+        int need = 4 - (f.pad_right + 1); /* "-inf" */
+        f.pad_left = need > f.pad_left ? need : f.pad_left;
+    }
+    return f;
+}
+
+static void format_value(const ms_tensor *t, const fmt *f, double v, char *out, size_t cap)
+{
+    char core[128];
+    if (!isfinite(v)) {
+        non_finite(v, core, sizeof core);
+        int width = f->sci ? 0 : f->pad_left + f->pad_right + 1;
+        snprintf(out, cap, "%*s", width, core);
+        return;
+    }
+    if (f->sci) {
+        char m[128];
+        scientific(v, t->dtype, f->sci_digits, true, f->exp_width, m, sizeof m);
+        /* pad the mantissa fraction so the exponents line up */
+        char *e = strchr(m, 'e');
+        char *dot = strchr(m, '.');
+        int fl = (int)(e - dot - 1), il = (int)(dot - m);
+        snprintf(out, cap, "%*s%.*s%*s%s", f->pad_left - il, "", (int)(e - m), m,
+                 f->sci_digits - fl, "", e);
+        return;
+    }
+    positional(v, t->dtype, core, sizeof core);
+    char *dot = strchr(core, '.');
+    int il = (int)(dot - core), fl = (int)strlen(dot + 1);
+    snprintf(out, cap, "%*s%s%*s", f->pad_left - il, "", core, f->pad_right - fl, "");
+}
+
+typedef struct out {
+    FILE *f;
+    int col; /* current column */
+} out;
+
+static void emit(out *o, const char *s)
+{
+    fputs(s, o->f);
+    const char *nl = strrchr(s, '\n');
+    o->col = nl ? (int)strlen(nl + 1) : o->col + (int)strlen(s);
+}
+
+/* One axis of the array, NumPy's _formatArray without summarisation. */
+static void format_axis(out *o, const ms_tensor *t, const fmt *f, int axis, int64_t offset,
+                        int64_t stride_unit, int indent)
+{
+    int64_t n = t->shape[axis];
+    int64_t inner = 1;
+    for (int i = axis + 1; i < t->ndim; i++)
+        inner *= t->shape[i];
+    (void)stride_unit;
+    emit(o, "[");
+    if (axis == t->ndim - 1) {
+        int closing = t->ndim - axis; /* brackets that may follow the last element */
+        for (int64_t i = 0; i < n; i++) {
+            char word[160];
+            format_value(t, f, value_at(t, offset + i), word, sizeof word);
+            int limit = LINE_WIDTH - (i + 1 < n ? 1 : closing);
+            if (i > 0 && o->col + (int)strlen(word) > limit) {
+                fputs("\n", o->f);
+                o->col = 0;
+                for (int s = 0; s < indent + 1; s++)
+                    emit(o, " ");
+            }
+            emit(o, word);
+            if (i + 1 < n)
+                emit(o, ", ");
+        }
+        /* a row that wrapped leaves ", " at a line end: NumPy strips that
+         * trailing space, which our emit never writes at a break */
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            if (i > 0) {
+                emit(o, ",");
+                for (int b = 0; b < t->ndim - axis - 1; b++)
+                    emit(o, "\n");
+                for (int s = 0; s < indent + 1; s++)
+                    emit(o, " ");
+            }
+            format_axis(o, t, f, axis + 1, offset + i * inner, stride_unit, indent + 1);
+        }
+    }
+    emit(o, "]");
+}
+
+ms_status ms_tensor_fprint(FILE *file, const ms_tensor *t)
+{
+    if (!file)
+        return ms__fail(MS_ERR_NULL_ARG, "ms_tensor_fprint: file is NULL");
+    if (!ms__check("ms_tensor_fprint", t, "t"))
+        return ms_last_error(NULL);
+    out o = {file, 0};
+    emit(&o, PREFIX);
+    if (t->ndim == 0) {
+        fmt f = make_format(t);
+        char word[160];
+        format_value(t, &f, value_at(t, 0), word, sizeof word);
+        /* a lone value carries no column padding */
+        const char *w = word;
+        while (*w == ' ')
+            w++;
+        emit(&o, w);
+    } else if (t->numel == 0) {
+        emit(&o, "[]");
+    } else {
+        fmt f = make_format(t);
+        format_axis(&o, t, &f, 0, 0, 1, (int)strlen(PREFIX));
+    }
+    emit(&o, ")");
+    return MS_OK;
+}
+
+char *ms_tensor_to_string(const ms_tensor *t)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        ms__fail(MS_ERR_NOMEM, "ms_tensor_to_string: out of memory");
+        return NULL;
+    }
+    ms_status st = ms_tensor_fprint(f, t);
+    fclose(f);
+    if (st != MS_OK) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}

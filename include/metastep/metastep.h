@@ -1,0 +1,12 @@
+/* metastep — gradient-based meta-learning in C.  Includes every public header. */
+#ifndef METASTEP_H
+#define METASTEP_H
+
+#include "metastep/status.h"
+#include "metastep/tensor.h"
+#include "metastep/ops.h"
+#include "metastep/runtime.h"
+#include "metastep/autodiff.h"
+#include "metastep/container.h"
+
+#endif

@@ -1,0 +1,146 @@
+/* metastep backends: what is installed, and what each backend serves itself. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metastep/backend.h"
+#include "metastep/metastep.h"
+#include "cli.h"
+
+typedef struct listing {
+    bool json;
+    int n, failed;
+} listing;
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+/* A slot is native when the table has it non-NULL (a kernel may still
+ * decline some dtypes at run time; those calls are counted as fallbacks). */
+static void kernel_slots(const ms_backend *b, bool native[MS_KERNEL_COUNT])
+{
+    const void *slots[MS_KERNEL_COUNT] = {
+        (const void *)b->unary, (const void *)b->binary, (const void *)b->reduce,
+        (const void *)b->gemm,  (const void *)b->copy,   (const void *)b->softmax,
+        (const void *)b->fill,  (const void *)b->arange, (const void *)b->where};
+    for (int k = 0; k < MS_KERNEL_COUNT; k++)
+        native[k] = slots[k] != NULL;
+}
+
+static void show(const char *name, const char *path, void *user)
+{
+    listing *l = user;
+    const ms_backend *b = NULL;
+    ms_clear_error();
+    ms_status st = metastep_load_backend(path, &b);
+    const char *msg = NULL;
+    ms_last_error(&msg);
+    bool native[MS_KERNEL_COUNT] = {false};
+    if (st == MS_OK)
+        kernel_slots(b, native);
+    else
+        l->failed++;
+    if (l->json) {
+        printf("%s\n  {\"name\": ", l->n ? "," : "");
+        json_string(name);
+        printf(", \"file\": ");
+        json_string(path);
+        if (st == MS_OK) {
+            printf(", \"description\": ");
+            json_string(b->header.description);
+            printf(", \"abi\": \"%u.%u\", \"native\": [", b->header.abi_major,
+                   b->header.abi_minor);
+            int c = 0;
+            for (int k = 0; k < MS_KERNEL_COUNT; k++)
+                if (native[k])
+                    printf("%s\"%s\"", c++ ? ", " : "", ms_kernel_name((ms_kernel)k));
+            printf("], \"fallback\": [");
+            c = 0;
+            for (int k = 0; k < MS_KERNEL_COUNT; k++)
+                if (!native[k])
+                    printf("%s\"%s\"", c++ ? ", " : "", ms_kernel_name((ms_kernel)k));
+            printf("]}");
+        } else {
+            printf(", \"error\": ");
+            json_string(msg);
+            printf("}");
+        }
+    } else {
+        printf("%s\n  file:        %s\n", name, path);
+        if (st == MS_OK) {
+            printf("  description: %s\n  abi:         %u.%u\n  native:     ",
+                   b->header.description, b->header.abi_major, b->header.abi_minor);
+            for (int k = 0; k < MS_KERNEL_COUNT; k++)
+                if (native[k])
+                    printf(" %s", ms_kernel_name((ms_kernel)k));
+            printf("\n  via ref:    ");
+            int c = 0;
+            for (int k = 0; k < MS_KERNEL_COUNT; k++)
+                if (!native[k])
+                    printf(" %s", ms_kernel_name((ms_kernel)k)), c++;
+            printf("%s\n", c ? "" : " (none)");
+        } else {
+            printf("  refused:     %s\n", msg);
+        }
+    }
+    l->n++;
+}
+
+int cmd_backends(int argc, char **argv)
+{
+    listing l = {false, 0, 0};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            l.json = true;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: metastep backends [--json]\n\n"
+                   "Lists every backend on the search path with its description, file, ABI\n"
+                   "version and the kernel families it serves natively (the rest are served\n"
+                   "by the reference backend).  Exits 1 when the default backend\n"
+                   "(METASTEP_BACKEND, else ref) cannot be loaded.\n");
+            return 0;
+        } else {
+            fprintf(stderr, "metastep backends: unknown option '%s' (try --help)\n", argv[i]);
+            return 2;
+        }
+    }
+    if (l.json)
+        printf("{\"backends\": [");
+    metastep_list_backends(show, &l);
+    ms_clear_error();
+    const char *def = metastep_current_backend();
+    const char *msg = NULL;
+    ms_last_error(&msg);
+    char dirs[4096];
+    metastep_backend_search_path(dirs, sizeof dirs);
+    if (l.json) {
+        printf("\n], \"default\": ");
+        if (def)
+            json_string(def);
+        else
+            printf("null");
+        printf(", \"search_path\": ");
+        json_string(dirs);
+        printf("}\n");
+    } else {
+        printf("\nsearch path: %s\n", dirs);
+        if (def)
+            printf("default:     %s\n", def);
+    }
+    if (!def) {
+        fprintf(stderr, "metastep backends: the default backend cannot be loaded: %s\n", msg);
+        return 1;
+    }
+    return 0;
+}

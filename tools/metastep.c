@@ -1,0 +1,37 @@
+/* metastep — the command: backends, conformance, train, eval. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: metastep COMMAND [OPTIONS]\n"
+            "\n"
+            "commands:\n"
+            "  backends [--json]    list the backends found, their files, ABI versions and\n"
+            "                       which kernels each serves natively\n"
+            "\n"
+            "Run 'metastep COMMAND --help' for a command's options.\n"
+            "Environment: METASTEP_BACKEND (default backend), METASTEP_BACKEND_PATH\n"
+            "(colon-separated directories searched first for backends).\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "backends") == 0)
+        return cmd_backends(argc - 1, argv + 1);
+    fprintf(stderr, "metastep: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}
