@@ -196,18 +196,19 @@ static void format_axis(out *o, const ms_tensor *t, const fmt *f, int axis, int6
             char word[160];
             format_value(t, f, value_at(t, offset + i), word, sizeof word);
             int limit = LINE_WIDTH - (i + 1 < n ? 1 : closing);
-            if (i > 0 && o->col + (int)strlen(word) > limit) {
+            if (i > 0 && o->col + 1 + (int)strlen(word) > limit) {
+                /* wrap: NumPy leaves no space after the comma at a line end */
                 fputs("\n", o->f);
                 o->col = 0;
                 for (int s = 0; s < indent + 1; s++)
                     emit(o, " ");
+            } else if (i > 0) {
+                emit(o, " ");
             }
             emit(o, word);
             if (i + 1 < n)
-                emit(o, ", ");
+                emit(o, ",");
         }
-        /* a row that wrapped leaves ", " at a line end: NumPy strips that
-         * trailing space, which our emit never writes at a break */
     } else {
         for (int64_t i = 0; i < n; i++) {
             if (i > 0) {

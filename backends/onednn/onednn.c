@@ -388,6 +388,69 @@ static ms_status run_cached(const prim_key *k, build_fn build, const void *bctx,
 #define MD_INDEX(i) ((const dnnl_memory_desc_t *)(intptr_t)(i))
 
 /* ------------------------------------------------------------------------ */
+/* NaN scans (oneDNN 2.6 mishandles NaN in a few kernels)                   */
+
+/* Whether any of n contiguous floats is NaN.  Fixed-size blocks so that
+ * -O2 vectorises the inner loop. */
+static bool contiguous_has_nan(const float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        int found = 0;
+        for (int j = 0; j < 64; j++)
+            found |= x[i + j] != x[i + j];
+        if (found)
+            return true;
+    }
+    int found = 0;
+    for (; i < n; i++)
+        found |= x[i] != x[i];
+    return found != 0;
+}
+
+/* Whether any element of a strided float view is NaN (stride 0 dims are
+ * visited once). */
+static bool any_nan(const float *x, int nd, const int64_t *shape, const int64_t *str)
+{
+    int64_t sh[MS_MAX_DIMS], s[MS_MAX_DIMS];
+    int n = 0;
+    for (int d = 0; d < nd; d++)
+        if (str[d] != 0 && shape[d] > 1) {
+            sh[n] = shape[d];
+            s[n] = str[d];
+            n++;
+        }
+    if (n == 0)
+        return isnan(x[0]);
+    int64_t idx[MS_MAX_DIMS] = {0};
+    const int in = n - 1;
+    for (;;) {
+        const float *row = x;
+        if (s[in] == 1) {
+            if (contiguous_has_nan(row, sh[in]))
+                return true;
+        } else {
+            int found = 0;
+            for (int64_t i = 0; i < sh[in]; i++)
+                found |= row[i * s[in]] != row[i * s[in]];
+            if (found)
+                return true;
+        }
+        int d = in - 1;
+        for (; d >= 0; d--) {
+            if (++idx[d] < sh[d]) {
+                x += s[d];
+                break;
+            }
+            x -= (sh[d] - 1) * s[d];
+            idx[d] = 0;
+        }
+        if (d < 0)
+            return false;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* gemm                                                                      */
 
 typedef struct gemm_params {
@@ -543,13 +606,6 @@ static void build_neg(prim_entry *e, const void *ctx)
     entry_build(e, &desc, NULL);
 }
 
-static bool contiguous_has_nan(const float *x, int64_t n)
-{
-    int found = 0;
-    for (int64_t i = 0; i < n; i++)
-        found |= x[i] != x[i];
-    return found != 0;
-}
 
 static ms_status dnnl_unary_kernel(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y)
 {
@@ -612,48 +668,6 @@ static void build_binary(prim_entry *e, const void *ctx)
     if (dnnl_binary_desc_init(&desc, p->alg, &e->md[0], &e->md[1], &e->md[2]) != dnnl_success)
         return;
     entry_build(e, &desc, NULL);
-}
-
-/* Whether any element of a strided float view is NaN (stride 0 dims are
- * visited once). */
-static bool any_nan(const float *x, int nd, const int64_t *shape, const int64_t *str)
-{
-    int64_t sh[MS_MAX_DIMS], s[MS_MAX_DIMS];
-    int n = 0;
-    for (int d = 0; d < nd; d++)
-        if (str[d] != 0 && shape[d] > 1) {
-            sh[n] = shape[d];
-            s[n] = str[d];
-            n++;
-        }
-    if (n == 0)
-        return isnan(x[0]);
-    int64_t idx[MS_MAX_DIMS] = {0};
-    const int in = n - 1;
-    for (;;) {
-        const float *row = x;
-        int found = 0;
-        if (s[in] == 1) {
-            for (int64_t i = 0; i < sh[in]; i++)
-                found |= row[i] != row[i];
-        } else {
-            for (int64_t i = 0; i < sh[in]; i++)
-                found |= row[i * s[in]] != row[i * s[in]];
-        }
-        if (found)
-            return true;
-        int d = in - 1;
-        for (; d >= 0; d--) {
-            if (++idx[d] < sh[d]) {
-                x += s[d];
-                break;
-            }
-            x -= (sh[d] - 1) * s[d];
-            idx[d] = 0;
-        }
-        if (d < 0)
-            return false;
-    }
 }
 
 static ms_status dnnl_binary_kernel(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
@@ -844,11 +858,7 @@ static ms_status dnnl_reduce_kernel(ms_reduce_op op, ms_dtype dt, int ndim, cons
     }
     /* max/min: NumPy propagates NaN; oneDNN's max/min may drop it. */
     if (op == MS_REDUCE_MAX || op == MS_REDUCE_MIN) {
-        const float *xf = x;
-        int found = 0;
-        for (int64_t i = 0; i < total; i++)
-            found |= xf[i] != xf[i];
-        if (found)
+        if (contiguous_has_nan(x, total))
             return MS_ERR_UNSUPPORTED;
     }
     /* Coalesce: drop size-1 dims, merge neighbours of the same kind. */
