@@ -113,6 +113,12 @@ MS_HIDDEN int ms__plugin_list(const ms_plugin_kind *k,
                               void *user);
 MS_HIDDEN size_t ms__plugin_search_path(const ms_plugin_kind *k, char *buf, size_t cap);
 
+/* --- containers (container.c) --- */
+/* Store an op's result t at key in c, taking over the op's reference when no
+ * scope owns it.  A NULL t (a failed op) gives an error naming the key. */
+MS_HIDDEN ms_status ms__container_adopt(ms_container *c, const char *fn, const char *key,
+                                        ms_tensor *t);
+
 /* --- autodiff hooks (autodiff.c) --- */
 typedef struct ms_node ms_node;
 /* Compute input gradients: gin[i] receives a new tensor or NULL (no gradient).

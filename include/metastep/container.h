@@ -69,6 +69,7 @@ ms_container *ms_container_mul(const ms_container *a, const ms_container *b);
 ms_container *ms_container_div(const ms_container *a, const ms_container *b);
 ms_container *ms_container_add_scalar(const ms_container *a, double s);
 ms_container *ms_container_mul_scalar(const ms_container *a, double s);
+ms_container *ms_container_div_scalar(const ms_container *a, double s);
 /* mean / sum of every leaf over `axis` (keepdims false). */
 ms_container *ms_container_mean(const ms_container *c, int axis);
 ms_container *ms_container_sum(const ms_container *c, int axis);

@@ -8,5 +8,7 @@
 #include "metastep/runtime.h"
 #include "metastep/autodiff.h"
 #include "metastep/container.h"
+#include "metastep/optim.h"
+#include "metastep/meta.h"
 
 #endif

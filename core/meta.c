@@ -1,0 +1,572 @@
+/* The meta steps, following ../shared/DESIGN.md "The meta steps: exact
+ * semantics" (which follows Ivy's ivy/functional/ivy/meta.py).
+ *
+ * Memory: every inner step and every task runs in a scope of its own.  What
+ * must outlive a scope is carried in containers (which hold their own
+ * references) or retained explicitly; in second-order mode the graph itself
+ * keeps alive what the final gradient needs, and nothing else. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct meta_cfg {
+    const char *fn; /* public name, for messages */
+    metastep_cost_fn inner_fn, outer_fn;
+    int steps;
+    double lr;
+    const metastep_optimizer *opt;
+    int order; /* 1: first order, 2: differentiate through the inner loop */
+    bool avg;
+    const char *const *inner_v, *const *outer_v;
+    bool keep_inner, keep_outer;
+    bool batched;
+    int num_tasks;
+    bool stop;
+    void *user;
+} meta_cfg;
+
+typedef struct task_out {
+    ms_tensor *cost;     /* retained */
+    ms_container *vars;  /* adapted variables */
+    ms_container *grads; /* first order: the gradient contribution */
+} task_out;
+
+static void task_out_release(task_out *t)
+{
+    ms_release(t->cost);
+    ms_container_release(t->vars);
+    ms_container_release(t->grads);
+    memset(t, 0, sizeof *t);
+}
+
+/* Replace *slot by v (both owned containers). */
+static void swap_in(ms_container **slot, ms_container *v)
+{
+    ms_container_release(*slot);
+    *slot = v;
+}
+
+/* Replace a retained tensor by another, retaining the new one. */
+static void carry(ms_tensor **slot, ms_tensor *t)
+{
+    ms_retain(t);
+    ms_release(*slot);
+    *slot = t;
+}
+
+/* The variables a mask selects: all when mask is NULL, the chains when keep,
+ * the rest otherwise. */
+static ms_container *select_vars(const ms_container *vars, const char *const *mask, bool keep)
+{
+    if (!mask)
+        return ms_container_copy(vars);
+    return keep ? ms_container_at_key_chains(vars, mask) : ms_container_prune_key_chains(vars, mask);
+}
+
+/* Tensors to differentiate with respect to: those already in a graph stay
+ * (so second order flows through them); constants become variables. */
+static ms_container *as_variables(const ms_container *c)
+{
+    ms_container *out = ms_container_new();
+    for (int i = 0; out && i < ms_container_size(c); i++) {
+        ms_tensor *t = ms_container_at(c, i);
+        ms_tensor *v = ms_requires_grad(t) ? ms_retain(t) : ms_variable(t);
+        ms_status st = ms_requires_grad(t) ? ms_container_set(out, ms_container_key(c, i), v)
+                                           : ms__container_adopt(out, "meta", ms_container_key(c, i), v);
+        if (ms_requires_grad(t))
+            ms_release(v);
+        if (st != MS_OK) {
+            ms_container_release(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static ms_status check_cost(const meta_cfg *c, const ms_tensor *cost, const char *which,
+                            int step, int task)
+{
+    if (!cost) {
+        ms_status st = ms_last_error(NULL);
+        return ms__fail(st == MS_OK ? MS_ERR_INVALID_ARG : st,
+                        "%s: the %s cost function returned NULL (step %d, task %d)", c->fn, which,
+                        step, task);
+    }
+    if (ms_tensor_numel(cost) != 1)
+        return ms__fail(MS_ERR_INVALID_ARG,
+                        "%s: the %s cost function returned %lld elements, not one (step %d, task %d)",
+                        c->fn, which, (long long)ms_tensor_numel(cost), step, task);
+    double v = ms_tensor_item(cost);
+    if (!isfinite(v))
+        return ms__fail(MS_ERR_NUMERIC, "%s: the %s cost is %g at step %d of task %d", c->fn,
+                        which, v, step, task);
+    return MS_OK;
+}
+
+/* Gradient of cost with respect to wrt, times num_tasks when batched. */
+static ms_status grads_of(const meta_cfg *c, ms_tensor *cost, const ms_container *wrt,
+                          bool create_graph, ms_container **g)
+{
+    ms_status st = ms_grad(cost, wrt, create_graph, g);
+    if (st == MS_OK && c->batched && c->num_tasks != 1)
+        swap_in(g, ms_container_mul_scalar(*g, (double)c->num_tasks));
+    return st != MS_OK ? st : *g ? MS_OK : ms_last_error(NULL);
+}
+
+/* Add g to the running sum of contributions (or make it the last one). */
+static ms_status keep_contribution(task_out *o, ms_container *g, int *count, bool sum)
+{
+    (*count)++;
+    if (!o->grads || !sum) {
+        swap_in(&o->grads, g);
+        return MS_OK;
+    }
+    ms_container *s = ms_container_add(o->grads, g);
+    ms_container_release(g);
+    if (!s)
+        return ms_last_error(NULL);
+    swap_in(&o->grads, s);
+    return MS_OK;
+}
+
+/* The outer cost at vars; for first order also its gradient with respect to
+ * the outer variables, kept when `keep`. */
+static ms_status outer_cost(const meta_cfg *c, metastep_cost_fn fn, const ms_container *batch,
+                            const ms_container *vars, bool keep, task_out *o, int *count,
+                            ms_tensor **cost, int step, int task)
+{
+    if (c->order == 2) {
+        *cost = fn(batch, vars, c->user);
+        return check_cost(c, *cost, c->outer_fn ? "outer" : "inner", step, task);
+    }
+    ms_container *sel = select_vars(vars, c->outer_v, c->keep_outer);
+    ms_container *ov = sel ? as_variables(sel) : NULL;
+    ms_container_release(sel);
+    ms_container *full = ov && c->outer_v ? ms_container_set_at_key_chains(vars, ov) : NULL;
+    ms_status st = ov ? MS_OK : ms_last_error(NULL);
+    if (st == MS_OK) {
+        *cost = fn(batch, full ? full : ov, c->user);
+        st = check_cost(c, *cost, c->outer_fn ? "outer" : "inner", step, task);
+    }
+    ms_container *g = NULL;
+    if (st == MS_OK)
+        st = grads_of(c, *cost, ov, false, &g);
+    if (st == MS_OK && keep)
+        st = keep_contribution(o, g, count, c->avg);
+    else
+        ms_container_release(g);
+    ms_container_release(full);
+    ms_container_release(ov);
+    return st;
+}
+
+/* One task's inner loop (or the whole batch's, when batched). */
+static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
+                            const ms_container *outer_batch, const ms_container *variables,
+                            int task, task_out *o)
+{
+    memset(o, 0, sizeof *o);
+    const metastep_optimizer *opt = c->opt;
+    void *state = opt->state_new ? opt->state_new(opt) : NULL;
+    if (opt->state_new && !state)
+        return ms_last_error(NULL);
+    bool unique_inner = c->inner_v != NULL, unique_outer = c->outer_v != NULL;
+    bool inner_is_outer = !c->outer_fn && !unique_inner && !unique_outer;
+    metastep_cost_fn ofn = c->outer_fn ? c->outer_fn : c->inner_fn;
+    ms_container *vars = ms_container_copy(variables);
+    ms_tensor *total = NULL;
+    int count = 0;
+    ms_status st = vars ? MS_OK : ms_last_error(NULL);
+    for (int i = 0; st == MS_OK && i < c->steps; i++) {
+        ms_scope_push();
+        ms_container *sel = select_vars(vars, c->inner_v, c->keep_inner);
+        ms_container *iv = sel ? as_variables(sel) : NULL;
+        ms_container_release(sel);
+        ms_container *full = iv && unique_inner ? ms_container_set_at_key_chains(vars, iv) : NULL;
+        ms_tensor *cost = NULL;
+        ms_container *g = NULL, *next = NULL;
+        st = iv && (full || !unique_inner) ? MS_OK : ms_last_error(NULL);
+        if (st == MS_OK) {
+            cost = c->inner_fn(inner_batch, full ? full : iv, c->user);
+            st = check_cost(c, cost, "inner", i, task);
+        }
+        if (st == MS_OK)
+            st = grads_of(c, cost, iv, c->order == 2, &g);
+        if (st == MS_OK) {
+            if (inner_is_outer) {
+                if (c->order == 1) /* the update direction is also the contribution */
+                    st = keep_contribution(o, ms_container_copy(g), &count, c->avg);
+            } else {
+                st = outer_cost(c, ofn, outer_batch, vars, c->avg, o, &count, &cost, i, task);
+            }
+        }
+        if (st == MS_OK)
+            carry(&total, total ? ms_add(total, cost) : cost);
+        if (st == MS_OK) {
+            ms_container *upd = opt->step(opt, state, iv, g, c->lr, c->stop);
+            next = upd && unique_inner ? ms_container_set_at_key_chains(vars, upd) : upd;
+            if (upd && unique_inner)
+                ms_container_release(upd);
+            st = next ? MS_OK : ms_last_error(NULL);
+        }
+        if (st == MS_OK)
+            swap_in(&vars, next);
+        ms_container_release(g);
+        ms_container_release(full);
+        ms_container_release(iv);
+        ms_scope_pop();
+    }
+    ms_tensor *final = NULL;
+    if (st == MS_OK) {
+        ms_scope_push();
+        st = outer_cost(c, ofn, outer_batch, vars, true, o, &count, &final, c->steps, task);
+        if (st == MS_OK && c->avg) {
+            ms_tensor *sum = total ? ms_add(total, final) : final;
+            carry(&o->cost, ms_div_scalar(sum, (double)(c->steps + 1)));
+            if (c->order == 1 && count > 1)
+                swap_in(&o->grads, ms_container_div_scalar(o->grads, (double)count));
+        } else if (st == MS_OK) {
+            carry(&o->cost, final);
+        }
+        if (st == MS_OK && c->stop)
+            swap_in(&vars, ms_container_stop_gradient(vars));
+        if (st == MS_OK && !c->batched)
+            swap_in(&vars, ms_container_expand_dims(vars, 0));
+        if (st == MS_OK && (!vars || !o->cost || (c->order == 1 && !o->grads)))
+            st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
+        ms_scope_pop();
+    }
+    ms_release(total);
+    if (opt->state_free)
+        opt->state_free(state);
+    o->vars = vars;
+    if (st != MS_OK)
+        task_out_release(o);
+    return st;
+}
+
+/* The adapted variables to return: all, or each leaf's first entry. */
+static ms_container *returned_inner(const meta_cfg *c, metastep_return_inner which,
+                                    ms_container *vars)
+{
+    if (which == METASTEP_RETURN_INNER_NONE || !vars)
+        return NULL;
+    ms_container *v = c->stop ? ms_container_copy(vars) : ms_container_stop_gradient(vars);
+    if (which == METASTEP_RETURN_INNER_ALL || !v)
+        return v;
+    ms_container *first = ms_container_new();
+    for (int i = 0; first && i < ms_container_size(v); i++)
+        if (ms__container_adopt(first, c->fn, ms_container_key(v, i),
+                                ms_slice(ms_container_at(v, i), 0, 0, 1)) != MS_OK) {
+            ms_container_release(first);
+            first = NULL;
+        }
+    ms_container_release(v);
+    return first;
+}
+
+static ms_container *apply_batch_fn(metastep_batch_fn fn, const ms_container *b, void *user,
+                                    const char *name)
+{
+    if (!fn)
+        return ms_container_copy(b);
+    ms_container *r = fn(b, user);
+    if (!r)
+        ms__fail(MS_ERR_INVALID_ARG, "%s: the batch function returned NULL", name);
+    return r;
+}
+
+/* Every task: cost, first-order gradient and adapted variables, combined as
+ * Ivy's _train_tasks does. */
+static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
+                             const ms_container *variables, metastep_batch_fn inner_bfn,
+                             metastep_batch_fn outer_bfn, metastep_return_inner ret,
+                             ms_tensor **cost, ms_container **grads, ms_container **inner_v)
+{
+    *cost = NULL;
+    *grads = NULL;
+    *inner_v = NULL;
+    if (c->batched) {
+        ms_container *ib = apply_batch_fn(inner_bfn, batch, c->user, c->fn);
+        ms_container *ob = ib ? apply_batch_fn(outer_bfn, batch, c->user, c->fn) : NULL;
+        task_out o;
+        ms_status st = ob ? train_task(c, ib, ob, variables, 0, &o) : ms_last_error(NULL);
+        ms_container_release(ib);
+        ms_container_release(ob);
+        if (st != MS_OK)
+            return st;
+        *cost = ms_retain(o.cost);
+        if (c->order == 1) {
+            *grads = ms_container_mean(o.grads, 0);
+            if (!*grads)
+                st = ms_last_error(NULL);
+        }
+        *inner_v = returned_inner(c, ret, o.vars);
+        task_out_release(&o);
+        return st;
+    }
+    int n = 0;
+    ms_container **subs = NULL;
+    ms_status st = ms_container_unstack(batch, true, &n, &subs);
+    ms_tensor *total = NULL;
+    ms_container *gsum = NULL, **adapted = NULL;
+    int nadapted = 0;
+    if (st == MS_OK && !(adapted = calloc((size_t)c->num_tasks, sizeof *adapted)))
+        st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
+    for (int t = 0; st == MS_OK && t < c->num_tasks; t++) {
+        ms_scope_push();
+        ms_container *ib = apply_batch_fn(inner_bfn, subs[t], c->user, c->fn);
+        ms_container *ob = ib ? apply_batch_fn(outer_bfn, subs[t], c->user, c->fn) : NULL;
+        task_out o = {NULL, NULL, NULL};
+        st = ob ? train_task(c, ib, ob, variables, t, &o) : ms_last_error(NULL);
+        if (st == MS_OK) {
+            carry(&total, total ? ms_add(total, o.cost) : o.cost);
+            if (c->order == 1) {
+                ms_container *s = gsum ? ms_container_add(gsum, o.grads) : ms_container_copy(o.grads);
+                st = s ? MS_OK : ms_last_error(NULL);
+                swap_in(&gsum, s);
+            }
+            if (ret == METASTEP_RETURN_INNER_ALL || (ret == METASTEP_RETURN_INNER_FIRST && t == 0)) {
+                adapted[nadapted++] = o.vars;
+                o.vars = NULL;
+            }
+        }
+        task_out_release(&o);
+        ms_container_release(ib);
+        ms_container_release(ob);
+        ms_scope_pop();
+    }
+    for (int i = 0; i < n; i++)
+        ms_container_release(subs[i]);
+    free(subs);
+    if (st == MS_OK) {
+        *cost = ms_retain(ms_div_scalar(total, (double)c->num_tasks));
+        if (c->order == 1)
+            *grads = ms_container_div_scalar(gsum, (double)c->num_tasks);
+        if (nadapted) {
+            ms_container *all = ms_container_concat(nadapted, adapted, 0);
+            *inner_v = c->stop ? all : ms_container_stop_gradient(all);
+            if (!c->stop)
+                ms_container_release(all);
+        }
+        if (!*cost || (c->order == 1 && !*grads) || (nadapted && !*inner_v))
+            st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
+    }
+    for (int i = 0; i < nadapted; i++)
+        ms_container_release(adapted[i]);
+    free(adapted);
+    ms_release(total);
+    ms_container_release(gsum);
+    return st;
+}
+
+/* Validate the common arguments and work out num_tasks. */
+static ms_status validate(meta_cfg *c, const ms_container *batch, const ms_container *variables,
+                          metastep_result *out)
+{
+    if (!out)
+        return ms__fail(MS_ERR_NULL_ARG, "%s: out is NULL", c->fn);
+    memset(out, 0, sizeof *out);
+    if (!batch || !variables || !c->inner_fn)
+        return ms__fail(MS_ERR_NULL_ARG, "%s: %s is NULL", c->fn,
+                        !batch ? "batch" : !variables ? "variables" : "the cost function");
+    if (c->steps < 0)
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: inner_grad_steps is %d; it must be >= 0", c->fn,
+                        c->steps);
+    if (!isfinite(c->lr))
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: inner_learning_rate %g is not finite", c->fn,
+                        c->lr);
+    if (ms_container_size(variables) == 0)
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: variables is empty", c->fn);
+    int64_t lead = -1;
+    for (int i = 0; i < ms_container_size(batch); i++) {
+        const ms_tensor *t = ms_container_at(batch, i);
+        if (ms_tensor_ndim(t) == 0)
+            return ms__fail(MS_ERR_SHAPE, "%s: batch leaf '%s' is 0-d; leaves need a leading "
+                            "task dimension", c->fn, ms_container_key(batch, i));
+        int64_t d = ms_tensor_shape(t)[0];
+        if (lead >= 0 && d != lead)
+            return ms__fail(MS_ERR_SHAPE, "%s: batch leaves have different leading dimensions "
+                            "(%lld for '%s', %lld before)", c->fn, (long long)d,
+                            ms_container_key(batch, i), (long long)lead);
+        lead = d;
+    }
+    if (lead < 0)
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: batch is empty", c->fn);
+    if (c->num_tasks < 0 || c->num_tasks > lead)
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: num_tasks %d is outside [1, %lld] (the batch's "
+                        "leading dimension)", c->fn, c->num_tasks, (long long)lead);
+    if (c->num_tasks == 0)
+        c->num_tasks = (int)lead;
+    if (c->num_tasks == 0)
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: the batch holds no tasks", c->fn);
+    /* a mask naming no variable is an error now, not at step 3 */
+    const char *const *masks[2] = {c->inner_v, c->outer_v};
+    for (int m = 0; m < 2; m++) {
+        for (int k = 0; masks[m] && masks[m][k]; k++) {
+            const char *one[2] = {masks[m][k], NULL};
+            ms_container *sel = ms_container_at_key_chains(variables, one);
+            if (!sel)
+                return ms__fail(MS_ERR_KEY, "%s: %s names '%s', which is not a variable", c->fn,
+                                m ? "outer_v" : "inner_v", masks[m][k]);
+            ms_container_release(sel);
+        }
+    }
+    if (!c->opt)
+        c->opt = &metastep_gradient_descent;
+    if (!c->opt->step)
+        return ms__fail(MS_ERR_NULL_ARG, "%s: the inner optimizer's step is NULL", c->fn);
+    return MS_OK;
+}
+
+static ms_status finish(const meta_cfg *c, ms_status st, ms_tensor *cost, ms_container *grads,
+                        ms_container *inner_v, metastep_result *out)
+{
+    if (st == MS_OK && c->stop) {
+        ms_tensor *d = ms_stop_gradient(cost);
+        ms_retain(d);
+        ms_release(cost);
+        cost = d;
+        st = cost ? MS_OK : ms_last_error(NULL);
+    }
+    if (st != MS_OK) {
+        ms_release(cost);
+        ms_container_release(grads);
+        ms_container_release(inner_v);
+        return st;
+    }
+    out->cost = cost;
+    out->grads = grads;
+    out->inner_v = inner_v;
+    return MS_OK;
+}
+
+static ms_status first_order(meta_cfg *c, const ms_container *batch,
+                             const ms_container *variables, const metastep_options *o,
+                             metastep_result *out)
+{
+    ms_status st = validate(c, batch, variables, out);
+    if (st != MS_OK)
+        return st;
+    ms_scope_push();
+    ms_tensor *cost;
+    ms_container *grads, *inner_v;
+    st = train_tasks(c, batch, variables, o->inner_batch_fn, o->outer_batch_fn,
+                     o->return_inner_v, &cost, &grads, &inner_v);
+    st = finish(c, st, cost, grads, inner_v, out);
+    ms_scope_pop();
+    return st;
+}
+
+static meta_cfg make_cfg(const char *fn, metastep_cost_fn inner, metastep_cost_fn outer,
+                         int steps, double lr, const metastep_options *o, int order)
+{
+    return (meta_cfg){.fn = fn, .inner_fn = inner, .outer_fn = outer, .steps = steps, .lr = lr,
+                      .opt = o->inner_optimization_step, .order = order,
+                      .avg = o->average_across_steps, .inner_v = o->inner_v,
+                      .outer_v = o->outer_v, .keep_inner = o->keep_inner_v,
+                      .keep_outer = o->keep_outer_v, .batched = o->batched,
+                      .num_tasks = o->num_tasks, .stop = o->stop_gradients, .user = o->user};
+}
+
+ms_status metastep_fomaml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
+                               metastep_cost_fn outer_cost_fn, const ms_container *variables,
+                               int inner_grad_steps, double inner_learning_rate,
+                               const metastep_options *opts, metastep_result *out)
+{
+    metastep_options o = opts ? *opts : METASTEP_OPTIONS_DEFAULT;
+    meta_cfg c = make_cfg("metastep_fomaml_step", inner_cost_fn, outer_cost_fn,
+                          inner_grad_steps, inner_learning_rate, &o, 1);
+    return first_order(&c, batch, variables, &o, out);
+}
+
+ms_status metastep_reptile_step(const ms_container *batch, metastep_cost_fn cost_fn,
+                                const ms_container *variables, int inner_grad_steps,
+                                double inner_learning_rate, const metastep_reptile_options *opts,
+                                metastep_result *out)
+{
+    metastep_reptile_options r = opts ? *opts : METASTEP_REPTILE_OPTIONS_DEFAULT;
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.inner_optimization_step = r.inner_optimization_step;
+    o.batched = r.batched;
+    o.return_inner_v = r.return_inner_v;
+    o.num_tasks = r.num_tasks;
+    o.stop_gradients = r.stop_gradients;
+    o.user = r.user;
+    o.average_across_steps = true;
+    meta_cfg c = make_cfg("metastep_reptile_step", cost_fn, NULL, inner_grad_steps,
+                          inner_learning_rate, &o, 1);
+    if (out && inner_learning_rate == 0) {
+        memset(out, 0, sizeof *out);
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: inner_learning_rate is 0; Reptile divides by it",
+                        c.fn);
+    }
+    ms_status st = first_order(&c, batch, variables, &o, out);
+    if (st == MS_OK) {
+        ms_container *g = ms_container_div_scalar(out->grads, inner_learning_rate);
+        if (!g) {
+            st = ms_last_error(NULL);
+            metastep_result_release(out);
+        } else {
+            swap_in(&out->grads, g);
+        }
+    }
+    return st;
+}
+
+ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
+                             metastep_cost_fn outer_cost_fn, const ms_container *variables,
+                             int inner_grad_steps, double inner_learning_rate,
+                             const metastep_options *opts, metastep_result *out)
+{
+    metastep_options o = opts ? *opts : METASTEP_OPTIONS_DEFAULT;
+    meta_cfg c = make_cfg("metastep_maml_step", inner_cost_fn, outer_cost_fn, inner_grad_steps,
+                          inner_learning_rate, &o, 2);
+    ms_status st = validate(&c, batch, variables, out);
+    if (st != MS_OK)
+        return st;
+    bool stop = c.stop;
+    c.stop = false; /* the inner procedure stays differentiable */
+    ms_scope_push();
+    ms_container *sel = select_vars(variables, c.outer_v, c.keep_outer);
+    ms_container *ov = ms_container_new();
+    for (int i = 0; sel && ov && i < ms_container_size(sel); i++)
+        if (ms__container_adopt(ov, c.fn, ms_container_key(sel, i),
+                                ms_variable(ms_container_at(sel, i))) != MS_OK)
+            break;
+    ms_container *vars = ov && c.outer_v ? ms_container_set_at_key_chains(variables, ov) : NULL;
+    st = ms_last_error(NULL);
+    ms_tensor *cost = NULL;
+    ms_container *grads = NULL, *unused = NULL, *inner_v = NULL;
+    if (st == MS_OK)
+        st = train_tasks(&c, batch, vars ? vars : ov, o.inner_batch_fn, o.outer_batch_fn,
+                         o.return_inner_v, &cost, &unused, &inner_v);
+    if (st == MS_OK)
+        st = ms_grad(cost, ov, false, &grads);
+    if (st == MS_OK && c.batched) {
+        swap_in(&grads, ms_container_sum(grads, 0));
+        st = grads ? MS_OK : ms_last_error(NULL);
+    }
+    c.stop = stop;
+    if (st == MS_OK && inner_v && stop)
+        swap_in(&inner_v, ms_container_stop_gradient(inner_v));
+    st = finish(&c, st, cost, grads, inner_v, out);
+    ms_container_release(unused);
+    ms_container_release(vars);
+    ms_container_release(ov);
+    ms_container_release(sel);
+    ms_scope_pop();
+    return st;
+}
+
+void metastep_result_release(metastep_result *r)
+{
+    if (!r)
+        return;
+    ms_release(r->cost);
+    ms_container_release(r->grads);
+    ms_container_release(r->inner_v);
+    memset(r, 0, sizeof *r);
+}

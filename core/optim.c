@@ -1,0 +1,246 @@
+/* Optimizers: gradient descent, SGD with momentum (plain and Nesterov), Adam.
+ * Every update is written with differentiable ops, so with stop_gradients
+ * off a meta step can differentiate through it. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Per-leaf update: returns the new variable; may replace the leaf's state
+ * tensors in st[0..1] (borrowed from the current scope). */
+typedef ms_tensor *(*leaf_update)(const metastep_optimizer *o, const ms_tensor *w,
+                                  const ms_tensor *g, double lr, int t, ms_tensor **st);
+
+typedef struct moments {
+    ms_container *m, *v; /* per-leaf state, by key chain */
+    int t;               /* steps taken */
+} moments;
+
+static ms_tensor *maybe_detach(ms_tensor *t, bool stop) { return stop ? ms_stop_gradient(t) : t; }
+
+/* Apply `fn` to every leaf; the state containers (when s is non-NULL) are
+ * replaced by the new state. */
+static ms_container *apply(const char *fn, const metastep_optimizer *o, moments *s,
+                           const ms_container *w, const ms_container *g, double lr, bool stop,
+                           leaf_update update)
+{
+    if (!w || !g) {
+        ms__fail(MS_ERR_NULL_ARG, "%s: %s is NULL", fn, w ? "dcdw" : "w");
+        return NULL;
+    }
+    if (!isfinite(lr)) {
+        ms__fail(MS_ERR_INVALID_ARG, "%s: learning rate %g is not finite", fn, lr);
+        return NULL;
+    }
+    ms_status st = ms_container_assert_identical_structure(w, g);
+    if (st != MS_OK) {
+        ms__fail(st, "%s: variables and gradients differ in structure", fn);
+        return NULL;
+    }
+    ms_container *out = ms_container_new();
+    ms_container *nm = s ? ms_container_new() : NULL, *nv = s ? ms_container_new() : NULL;
+    if (!out || (s && (!nm || !nv))) {
+        ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
+        goto fail;
+    }
+    int t = s ? s->t + 1 : 0;
+    for (int i = 0; i < ms_container_size(w); i++) {
+        const char *key = ms_container_key(w, i);
+        ms_tensor *state[2] = {NULL, NULL};
+        if (s && s->m && ms_container_has(s->m, key))
+            state[0] = ms_container_get(s->m, key);
+        if (s && s->v && ms_container_has(s->v, key))
+            state[1] = ms_container_get(s->v, key);
+        ms_tensor *nw = update(o, ms_container_at(w, i), ms_container_get(g, key), lr, t, state);
+        if (ms__container_adopt(out, fn, key, maybe_detach(nw, stop)) != MS_OK)
+            goto fail;
+        if (s && state[0] && ms__container_adopt(nm, fn, key, maybe_detach(state[0], stop)))
+            goto fail;
+        if (s && state[1] && ms__container_adopt(nv, fn, key, maybe_detach(state[1], stop)))
+            goto fail;
+    }
+    if (s) {
+        ms_container_release(s->m);
+        ms_container_release(s->v);
+        s->m = nm;
+        s->v = nv;
+        s->t = t;
+    }
+    return out;
+fail:
+    ms_container_release(out);
+    ms_container_release(nm);
+    ms_container_release(nv);
+    return NULL;
+}
+
+/* --- gradient descent --- */
+
+static ms_tensor *gd_leaf(const metastep_optimizer *o, const ms_tensor *w, const ms_tensor *g,
+                          double lr, int t, ms_tensor **st)
+{
+    (void)o, (void)t, (void)st;
+    return ms_sub(w, ms_mul_scalar(g, lr));
+}
+
+static ms_container *gd_step(const metastep_optimizer *o, void *state, const ms_container *w,
+                             const ms_container *g, double lr, bool stop)
+{
+    (void)state;
+    return apply("gradient_descent", o, NULL, w, g, lr, stop, gd_leaf);
+}
+
+const metastep_optimizer metastep_gradient_descent = {
+    .name = "gradient_descent", .state_new = NULL, .state_free = NULL, .step = gd_step,
+    .hyper = {0, 0, 0, 0}};
+
+ms_container *metastep_gradient_descent_update(const ms_container *w, const ms_container *dcdw,
+                                               double lr, bool stop_gradients)
+{
+    return apply("metastep_gradient_descent_update", &metastep_gradient_descent, NULL, w, dcdw,
+                 lr, stop_gradients, gd_leaf);
+}
+
+/* --- stateful optimizers share one state layout --- */
+
+static void *moments_new(const metastep_optimizer *o)
+{
+    (void)o;
+    moments *m = calloc(1, sizeof *m);
+    if (!m)
+        ms__fail(MS_ERR_NOMEM, "optimizer state: out of memory");
+    return m;
+}
+
+static void moments_free(void *p)
+{
+    moments *m = p;
+    if (!m)
+        return;
+    ms_container_release(m->m);
+    ms_container_release(m->v);
+    free(m);
+}
+
+/* --- SGD with momentum: hyper = {momentum, nesterov} --- */
+
+static ms_tensor *sgd_leaf(const metastep_optimizer *o, const ms_tensor *w, const ms_tensor *g,
+                           double lr, int t, ms_tensor **st)
+{
+    (void)t;
+    double mu = o->hyper[0];
+    /* PyTorch's convention: the first buffer is the gradient itself */
+    st[0] = st[0] ? ms_add(ms_mul_scalar(st[0], mu), g) : ms_mul_scalar(g, 1.0);
+    ms_tensor *dir = o->hyper[1] != 0 ? ms_add(g, ms_mul_scalar(st[0], mu)) : st[0];
+    return ms_sub(w, ms_mul_scalar(dir, lr));
+}
+
+static ms_container *stateful_step(const metastep_optimizer *o, void *state,
+                                   const ms_container *w, const ms_container *g, double lr,
+                                   bool stop, leaf_update update)
+{
+    if (!state) {
+        ms__fail(MS_ERR_NULL_ARG, "%s: state is NULL (make one with metastep_optim_state_new)",
+                 o->name);
+        return NULL;
+    }
+    return apply(o->name, o, state, w, g, lr, stop, update);
+}
+
+static ms_container *sgd_step(const metastep_optimizer *o, void *state, const ms_container *w,
+                              const ms_container *g, double lr, bool stop)
+{
+    return stateful_step(o, state, w, g, lr, stop, sgd_leaf);
+}
+
+metastep_optimizer metastep_sgd(double momentum, bool nesterov)
+{
+    return (metastep_optimizer){.name = nesterov ? "sgd_nesterov" : "sgd_momentum",
+                                .state_new = moments_new, .state_free = moments_free,
+                                .step = sgd_step, .hyper = {momentum, nesterov ? 1 : 0, 0, 0}};
+}
+
+/* --- Adam: hyper = {beta1, beta2, eps} --- */
+
+/* sqrt(x) for x >= 0 whose derivative at 0 is taken as 0 instead of
+ * infinity: the value is exact, and a second-order gradient stays finite. */
+static ms_tensor *safe_sqrt(const ms_tensor *x)
+{
+    ms_tensor *pos = ms_greater(x, ms_scalar(ms_tensor_dtype(x), 0.0));
+    ms_tensor *one = ms_scalar(ms_tensor_dtype(x), 1.0);
+    return ms_mul(ms_sqrt(ms_where(pos, x, one)), pos);
+}
+
+static ms_tensor *adam_leaf(const metastep_optimizer *o, const ms_tensor *w, const ms_tensor *g,
+                            double lr, int t, ms_tensor **st)
+{
+    double b1 = o->hyper[0], b2 = o->hyper[1], eps = o->hyper[2];
+    ms_tensor *m = ms_mul_scalar(g, 1.0 - b1), *v = ms_mul_scalar(ms_square(g), 1.0 - b2);
+    if (st[0])
+        m = ms_add(ms_mul_scalar(st[0], b1), m);
+    if (st[1])
+        v = ms_add(ms_mul_scalar(st[1], b2), v);
+    st[0] = m;
+    st[1] = v;
+    ms_tensor *mhat = ms_div_scalar(m, 1.0 - pow(b1, t));
+    ms_tensor *vhat = ms_div_scalar(v, 1.0 - pow(b2, t));
+    return ms_sub(w, ms_mul_scalar(ms_div(mhat, ms_add_scalar(safe_sqrt(vhat), eps)), lr));
+}
+
+static ms_container *adam_step(const metastep_optimizer *o, void *state, const ms_container *w,
+                               const ms_container *g, double lr, bool stop)
+{
+    return stateful_step(o, state, w, g, lr, stop, adam_leaf);
+}
+
+metastep_optimizer metastep_adam(double beta1, double beta2, double eps)
+{
+    return (metastep_optimizer){.name = "adam", .state_new = moments_new,
+                                .state_free = moments_free, .step = adam_step,
+                                .hyper = {beta1, beta2, eps, 0}};
+}
+
+/* --- per-use state for callers --- */
+
+struct metastep_optim_state {
+    const metastep_optimizer *opt;
+    void *state;
+};
+
+metastep_optim_state *metastep_optim_state_new(const metastep_optimizer *opt)
+{
+    if (!opt || !opt->step) {
+        ms__fail(MS_ERR_NULL_ARG, "metastep_optim_state_new: optimizer or its step is NULL");
+        return NULL;
+    }
+    metastep_optim_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        ms__fail(MS_ERR_NOMEM, "metastep_optim_state_new: out of memory");
+        return NULL;
+    }
+    s->opt = opt;
+    if (opt->state_new && !(s->state = opt->state_new(opt))) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void metastep_optim_state_release(metastep_optim_state *s)
+{
+    if (!s)
+        return;
+    if (s->opt->state_free)
+        s->opt->state_free(s->state);
+    free(s);
+}
+
+ms_container *metastep_optim_step(metastep_optim_state *s, const ms_container *w,
+                                  const ms_container *dcdw, double lr, bool stop_gradients)
+{
+    if (!s) {
+        ms__fail(MS_ERR_NULL_ARG, "metastep_optim_step: state is NULL");
+        return NULL;
+    }
+    return s->opt->step(s->opt, s->state, w, dcdw, lr, stop_gradients);
+}

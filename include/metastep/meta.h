@@ -1,0 +1,123 @@
+/* metastep — the meta steps: second-order MAML, first-order MAML and
+ * Reptile, with every option of Ivy's ivy.maml_step, ivy.fomaml_step and
+ * ivy.reptile_step.
+ *
+ * Required arguments stay positional; every keyword option lives in an
+ * options struct initialised with METASTEP_OPTIONS_DEFAULT (or pass NULL).
+ * Callables receive the `user` pointer of the options.  Cost functions
+ * return a one-element tensor (owned by the current scope, as every op
+ * result); they never free intermediates: the meta steps open their own
+ * scopes and return memory per task and per inner step.
+ * The caller's batch and variables are never modified.  On failure the
+ * result is left empty (all NULL) and the status says why, with a message
+ * in ms_last_error().
+ */
+#ifndef METASTEP_META_H
+#define METASTEP_META_H
+
+#include <stdbool.h>
+
+#include "metastep/container.h"
+#include "metastep/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Cost of variables v on a (sub-)batch: a one-element tensor, or NULL. */
+typedef ms_tensor *(*metastep_cost_fn)(const ms_container *batch, const ms_container *v,
+                                       void *user);
+/* Transform a task's sub-batch: returns a new container the meta step
+ * releases, or NULL on failure. */
+typedef ms_container *(*metastep_batch_fn)(const ms_container *sub_batch, void *user);
+
+typedef enum metastep_return_inner {
+    METASTEP_RETURN_INNER_NONE = 0, /* Ivy's False */
+    METASTEP_RETURN_INNER_FIRST,    /* 'first': the first task's adapted variables */
+    METASTEP_RETURN_INNER_ALL       /* 'all' */
+} metastep_return_inner;
+
+typedef struct metastep_options {
+    const metastep_optimizer *inner_optimization_step; /* NULL: gradient descent */
+    metastep_batch_fn inner_batch_fn, outer_batch_fn;  /* NULL: none */
+    bool average_across_steps;                         /* false */
+    bool batched;                                      /* true */
+    const char *const *inner_v;                        /* NULL-terminated key chains; NULL: all */
+    bool keep_inner_v;                                 /* true */
+    const char *const *outer_v;                        /* NULL-terminated key chains; NULL: all */
+    bool keep_outer_v;                                 /* true */
+    metastep_return_inner return_inner_v;              /* NONE */
+    int num_tasks;                                     /* 0: the batch's leading dimension */
+    bool stop_gradients;                               /* true */
+    void *user;                                        /* handed to every callable */
+} metastep_options;
+
+#define METASTEP_OPTIONS_DEFAULT                                                            \
+    ((metastep_options){.inner_optimization_step = NULL, .inner_batch_fn = NULL,           \
+                        .outer_batch_fn = NULL, .average_across_steps = false,             \
+                        .batched = true, .inner_v = NULL, .keep_inner_v = true,            \
+                        .outer_v = NULL, .keep_outer_v = true,                             \
+                        .return_inner_v = METASTEP_RETURN_INNER_NONE, .num_tasks = 0,      \
+                        .stop_gradients = true, .user = NULL})
+
+/* Only what Ivy's reptile_step takes. */
+typedef struct metastep_reptile_options {
+    const metastep_optimizer *inner_optimization_step; /* NULL: gradient descent */
+    bool batched;                                      /* true */
+    metastep_return_inner return_inner_v;              /* NONE */
+    int num_tasks;                                     /* 0: the batch's leading dimension */
+    bool stop_gradients;                               /* true */
+    void *user;
+} metastep_reptile_options;
+
+#define METASTEP_REPTILE_OPTIONS_DEFAULT                                                     \
+    ((metastep_reptile_options){.inner_optimization_step = NULL, .batched = true,            \
+                                .return_inner_v = METASTEP_RETURN_INNER_NONE,                \
+                                .num_tasks = 0, .stop_gradients = true, .user = NULL})
+
+/* What a meta step gives back.  Every member is owned by the caller and
+ * survives scope pops: release them with metastep_result_release. */
+typedef struct metastep_result {
+    ms_tensor *cost;       /* one element; detached when stop_gradients */
+    ms_container *grads;   /* gradients with respect to the outer variables */
+    ms_container *inner_v; /* adapted variables when return_inner_v, else NULL */
+} metastep_result;
+
+/* Release every member and set them to NULL.  NULL-safe. */
+void metastep_result_release(metastep_result *r);
+
+/* One step of second-order MAML: the whole inner procedure is differentiated
+ * with respect to the outer variables, through every inner update.
+ * Batched, the gradient is summed over axis 0 (Ivy's grads.sum(axis=0));
+ * unbatched, it keeps the variables' shapes.
+ * Errors: MS_ERR_NULL_ARG (batch, inner_cost_fn, variables, out);
+ * MS_ERR_INVALID_ARG (negative inner_grad_steps, non-finite learning rate,
+ * num_tasks < 0 or larger than the batch, a cost that is NULL or not one
+ * element); MS_ERR_SHAPE (batch leaves with different leading dimensions);
+ * MS_ERR_KEY (an inner_v/outer_v chain that names no variable);
+ * MS_ERR_NUMERIC (a NaN or infinite cost). */
+ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
+                             metastep_cost_fn outer_cost_fn, const ms_container *variables,
+                             int inner_grad_steps, double inner_learning_rate,
+                             const metastep_options *opts, metastep_result *out);
+
+/* One step of first-order MAML: gradients at the adapted variables, not
+ * through the adaptation.  Batched, the gradient is averaged over axis 0.
+ * Errors as metastep_maml_step. */
+ms_status metastep_fomaml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
+                               metastep_cost_fn outer_cost_fn, const ms_container *variables,
+                               int inner_grad_steps, double inner_learning_rate,
+                               const metastep_options *opts, metastep_result *out);
+
+/* One step of Reptile: first order with cost_fn as the inner cost,
+ * averaged across steps, the gradient divided by inner_learning_rate
+ * (which must then be non-zero).  Errors as metastep_maml_step. */
+ms_status metastep_reptile_step(const ms_container *batch, metastep_cost_fn cost_fn,
+                                const ms_container *variables, int inner_grad_steps,
+                                double inner_learning_rate,
+                                const metastep_reptile_options *opts, metastep_result *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
