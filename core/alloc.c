@@ -24,16 +24,18 @@ typedef struct thread_cache {
     bool registered;
 } thread_cache;
 
+#ifndef MS_NO_ALLOC_CACHE /* unused (and -Werror) without the cache */
 static _Thread_local thread_cache tcache;
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+#endif
 
+/* The smallest c >= 6 (64 bytes) with 2^c >= bytes; bytes >= 1. */
 static size_t class_of(size_t bytes)
 {
-    size_t c = 6; /* 64 bytes */
-    while (((size_t)1 << c) < bytes)
-        c++;
-    return c;
+    if (bytes <= 64)
+        return 6;
+    return (size_t)(64 - __builtin_clzll((unsigned long long)(bytes - 1)));
 }
 
 #ifndef MS_NO_ALLOC_CACHE

@@ -215,16 +215,23 @@ static ms_status backward_sweep(sweep *s, bool create_graph)
         if (!gin)
             return ms__fail(MS_ERR_NOMEM, "ms_grad: out of memory");
         ms_status st = n->backward(n, t, t->gacc, gin);
+        /* A backward fills gin[j] for every input that needs a gradient; a
+         * NULL there is a failed op.  (The thread's last error cannot tell:
+         * it may hold an unrelated failure from before this ms_grad.) */
         for (int j = 0; st == MS_OK && j < arity; j++) {
             ms_tensor *in = node_input(n, j);
-            if (in && gin[j])
+            if (in && !gin[j]) {
+                st = ms_last_error(NULL);
+                if (st == MS_OK)
+                    st = ms__fail(MS_ERR_INTERNAL, "ms_grad: the backward of %s failed", n->op);
+            } else if (in) {
                 st = accumulate(in, gin[j]);
+            }
         }
-        ms_status last = ms_last_error(NULL);
         if (gin != small)
             free(gin);
-        if (st != MS_OK || last != MS_OK)
-            return st != MS_OK ? st : last;
+        if (st != MS_OK)
+            return st;
         if (!create_graph) { /* consume the graph as we go */
             t->node = NULL;
             t->graph_freed = true;
@@ -293,6 +300,12 @@ ms_status ms_grad_seeded(const ms_tensor *y, const ms_tensor *seed, const ms_con
     ms_tensor *yy = (ms_tensor *)y;
     if (yy->requires_grad && !collect(yy, &s, gen))
         st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
+    /* y reaches a tensor whose node an earlier ms_grad (create_graph false)
+     * freed: what lay below it is unknown, so its gradient cannot be trusted */
+    for (size_t k = 0; st == MS_OK && k < s.n; k++)
+        if (s.order[k]->graph_freed && !(s.order[k]->pending & MARK_WRT))
+            st = ms__fail(MS_ERR_GRAPH, "%s: y depends on a tensor whose graph was already "
+                          "consumed by an ms_grad without create_graph", fn);
     if (st == MS_OK && yy->requires_grad) {
         yy->gacc = seed ? ms_reshape(seed, y->ndim, y->shape) : ms_ones(y->dtype, y->ndim, y->shape);
         st = yy->gacc ? backward_sweep(&s, create_graph) : ms_last_error(NULL);

@@ -92,7 +92,7 @@ static ms_status push(ms_container *c, const char *fn, const char *key, ms_tenso
 /* Store a tensor an op just returned: the container retains it, and when no
  * scope is open the op's reference is dropped so the container is the sole
  * owner (a scope keeps its own reference and drops it at pop). */
-static ms_status adopt(ms_container *c, const char *fn, const char *key, ms_tensor *t)
+ms_status ms__container_adopt(ms_container *c, const char *fn, const char *key, ms_tensor *t)
 {
     if (!t) {
         /* The op recorded why (this is only recorded if it did not). */
@@ -359,7 +359,7 @@ ms_container *ms_container_map(const ms_container *c, ms_container_map_fn fnp, v
             ms_container_release(r);
             return NULL;
         }
-        if (adopt(r, fn, c->keys[i], t) != MS_OK) {
+        if (ms__container_adopt(r, fn, c->keys[i], t) != MS_OK) {
             ms_container_release(r);
             return NULL;
         }
@@ -383,7 +383,7 @@ static ms_container *binary(const char *fn, const ms_container *a, const ms_cont
         return NULL;
     for (int i = 0; i < a->n; i++) {
         ms_tensor *tb = b->vals[find_key(b, a->keys[i])];
-        if (adopt(r, fn, a->keys[i], op(a->vals[i], tb)) != MS_OK) {
+        if (ms__container_adopt(r, fn, a->keys[i], op(a->vals[i], tb)) != MS_OK) {
             ms_container_release(r);
             return NULL;
         }
@@ -411,13 +411,14 @@ ms_container *ms_container_div(const ms_container *a, const ms_container *b)
     return binary("ms_container_div", a, b, ms_div);
 }
 
-enum unary_kind { U_ADD_SCALAR, U_MUL_SCALAR, U_MEAN, U_SUM, U_EXPAND, U_STOP_GRAD };
+enum unary_kind { U_ADD_SCALAR, U_MUL_SCALAR, U_DIV_SCALAR, U_MEAN, U_SUM, U_EXPAND, U_STOP_GRAD };
 
 static ms_tensor *apply_unary(enum unary_kind k, const ms_tensor *t, double s, int axis)
 {
     switch (k) {
     case U_ADD_SCALAR: return ms_add_scalar(t, s);
     case U_MUL_SCALAR: return ms_mul_scalar(t, s);
+    case U_DIV_SCALAR: return ms_div_scalar(t, s);
     case U_MEAN: return ms_mean(t, 1, &axis, false);
     case U_SUM: return ms_sum(t, 1, &axis, false);
     case U_EXPAND: return ms_expand_dims(t, axis);
@@ -437,7 +438,7 @@ static ms_container *unary(const char *fn, const ms_container *c, enum unary_kin
     if (!r)
         return NULL;
     for (int i = 0; i < c->n; i++)
-        if (adopt(r, fn, c->keys[i], apply_unary(k, c->vals[i], s, axis)) != MS_OK) {
+        if (ms__container_adopt(r, fn, c->keys[i], apply_unary(k, c->vals[i], s, axis)) != MS_OK) {
             ms_container_release(r);
             return NULL;
         }
@@ -452,6 +453,11 @@ ms_container *ms_container_add_scalar(const ms_container *a, double s)
 ms_container *ms_container_mul_scalar(const ms_container *a, double s)
 {
     return unary("ms_container_mul_scalar", a, U_MUL_SCALAR, s, 0);
+}
+
+ms_container *ms_container_div_scalar(const ms_container *a, double s)
+{
+    return unary("ms_container_div_scalar", a, U_DIV_SCALAR, s, 0);
 }
 
 ms_container *ms_container_mean(const ms_container *c, int axis)
@@ -549,7 +555,7 @@ ms_status ms_container_unstack(const ms_container *c, bool keepdims, int *n,
                 if (ms_scope_depth() == 0)
                     ms_release(s);
             }
-            ms_status st = adopt(pieces[p], fn, c->keys[i], q);
+            ms_status st = ms__container_adopt(pieces[p], fn, c->keys[i], q);
             if (st != MS_OK) {
                 free_pieces(pieces, np);
                 return st;
@@ -598,7 +604,7 @@ ms_container *ms_container_concat(int n, ms_container *const *cs, int axis)
         ts[0] = cs[0]->vals[i];
         for (int j = 1; j < n; j++)
             ts[j] = cs[j]->vals[find_key(cs[j], key)];
-        if (adopt(r, fn, key, ms_concat(n, ts, axis)) != MS_OK) {
+        if (ms__container_adopt(r, fn, key, ms_concat(n, ts, axis)) != MS_OK) {
             ms_container_release(r);
             free(ts);
             return NULL;

@@ -46,14 +46,29 @@ void ms_clear_error(void)
     last_msg[0] = '\0';
 }
 
-ms_status ms__fail(ms_status st, const char *fmt, ...)
+static ms_status record(ms_status st, const char *fmt, va_list ap)
 {
     if (last_status != MS_OK || st == MS_OK)
         return st;
     last_status = st;
+    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    return st;
+}
+
+ms_status ms__fail(ms_status st, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    record(st, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+ms_status ms_record_error(ms_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    record(st, fmt, ap);
     va_end(ap);
     return st;
 }

@@ -119,6 +119,13 @@ MS_HIDDEN size_t ms__plugin_search_path(const ms_plugin_kind *k, char *buf, size
 MS_HIDDEN ms_status ms__container_adopt(ms_container *c, const char *fn, const char *key,
                                         ms_tensor *t);
 
+/* --- safetensors (safetensors.c) --- */
+/* ms_container_load on n bytes at buf (which it only reads; n bytes past buf
+ * are never touched); name (may be NULL) labels messages.  Used by
+ * ms_container_load and by the fuzzer in tests/fuzz/. */
+MS_HIDDEN ms_status ms__container_load_mem(const void *buf, size_t n, const char *name,
+                                           ms_container **out);
+
 /* --- autodiff hooks (autodiff.c) --- */
 typedef struct ms_node ms_node;
 /* Compute input gradients: gin[i] receives a new tensor or NULL (no gradient).

@@ -69,6 +69,11 @@ static bool file_plugin_name(const ms_plugin_kind *k, const char *file, char *na
     return true;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 int ms__plugin_list(const ms_plugin_kind *k,
                     void (*fn)(const char *name, const char *path, void *user), void *user)
 {
@@ -80,38 +85,80 @@ int ms__plugin_list(const ms_plugin_kind *k,
         DIR *dir = opendir(d.dir[i]);
         if (!dir)
             continue;
+        /* the plugin names of this directory, sorted so that the listing
+         * does not depend on readdir's order */
+        char **names = NULL;
+        size_t nnames = 0, cap = 0;
         struct dirent *e;
-        /* sort-free but stable enough: directory order within one directory */
         while ((e = readdir(dir)) != NULL) {
             char name[64];
             if (!file_plugin_name(k, e->d_name, name, sizeof name))
                 continue;
+            if (nnames == cap) {
+                size_t nc = cap ? cap * 2 : 16;
+                char **nn = realloc(names, nc * sizeof *nn);
+                if (!nn)
+                    break;
+                names = nn;
+                cap = nc;
+            }
+            if (!(names[nnames] = strdup(name)))
+                break;
+            nnames++;
+        }
+        closedir(dir);
+        if (nnames)
+            qsort(names, nnames, sizeof *names, cmp_str);
+        for (size_t f = 0; f < nnames; f++) {
+            const char *name = names[f];
             bool dup = false;
             for (int j = 0; j < nseen; j++)
                 dup = dup || strcmp(seen[j], name) == 0;
-            if (dup || nseen == 64)
-                continue;
-            snprintf(seen[nseen++], sizeof seen[0], "%s", name);
-            if (fn) {
-                char path[4096];
-                snprintf(path, sizeof path, "%s/%s", d.dir[i], e->d_name);
-                fn(name, path, user);
+            if (!dup && nseen < 64) {
+                snprintf(seen[nseen++], sizeof seen[0], "%s", name);
+                if (fn) {
+                    char path[4096];
+                    snprintf(path, sizeof path, "%s/%s%s.so", d.dir[i], k->prefix, name);
+                    fn(name, path, user);
+                }
             }
+            free(names[f]);
         }
-        closedir(dir);
+        free(names);
     }
     dirs_free(&d);
     return nseen;
 }
 
-typedef struct found_list { char text[2048]; size_t n; } found_list;
+/* "a, b in DIR1; c in DIR2": the backends found, grouped by directory (the
+ * message must stay short enough to keep the directories searched). */
+typedef struct found_list {
+    char text[2048];
+    size_t n;
+    char dir[1024];
+} found_list;
+
+static void found_append(found_list *f, const char *fmt, const char *a, const char *b)
+{
+    if (f->n < sizeof f->text) {
+        int w = snprintf(f->text + f->n, sizeof f->text - f->n, fmt, a, b);
+        f->n = w < 0 ? f->n : f->n + (size_t)w;
+    }
+}
 
 static void add_found(const char *name, const char *path, void *user)
 {
     found_list *f = user;
-    if (f->n < sizeof f->text)
-        f->n += (size_t)snprintf(f->text + f->n, sizeof f->text - f->n, "%s%s (%s)",
-                                 f->n ? ", " : "", name, path);
+    const char *slash = strrchr(path, '/');
+    size_t dl = slash ? (size_t)(slash - path) : 0;
+    if (f->n && strlen(f->dir) == dl && strncmp(f->dir, path, dl) == 0) {
+        found_append(f, "%s%s", ", ", name);
+        return;
+    }
+    if (f->n)
+        found_append(f, " in %s%s", f->dir, "; ");
+    found_append(f, "%s%s", name, "");
+    snprintf(f->dir, sizeof f->dir, "%.*s", (int)dl, path);
 }
 
 static bool valid_name(const char *name)
@@ -129,8 +176,8 @@ static char *resolve(const ms_plugin_kind *k, const char *name)
     if (strchr(name, '/'))
         return strdup(name);
     if (!valid_name(name)) {
-        ms__fail(MS_ERR_BACKEND, "%s '%s': a name may hold only letters, digits, '_', '-' and '.' "
-                 "(give a path containing '/' to load a file)", k->kind, name);
+        ms__fail(MS_ERR_BACKEND, "%s '%s': not a valid name (1 to 48 letters, digits, '_', '-' "
+                 "and '.'; give a path containing '/' to load a file)", k->kind, name);
         return NULL;
     }
     search_dirs d;
@@ -151,6 +198,8 @@ static char *resolve(const ms_plugin_kind *k, const char *name)
     if (!path) {
         found_list f = {.n = 0};
         ms__plugin_list(k, add_found, &f);
+        if (f.n)
+            found_append(&f, " in %s%s", f.dir, "");
         char dirs[2048];
         ms__plugin_search_path(k, dirs, sizeof dirs);
         ms__fail(MS_ERR_BACKEND, "unknown %s '%s' (no %s%s.so): found %s; searched %s", k->kind,

@@ -15,10 +15,20 @@
 
 static ms_tensor *kernel_failed(const char *fn, ms_status st, ms_tensor *y)
 {
-    ms__fail(st, "%s: the %s backend's kernel failed: %s", fn, metastep_current_backend(),
+    const char *b = metastep_current_backend();
+    ms__fail(st, "%s: the %s backend's kernel failed: %s", fn, b ? b : "(no)",
              ms_status_string(st));
     ms__discard(y);
     return NULL;
+}
+
+/* Whether an op on these inputs records a node: the inputs' flags first, so
+ * that the common no-gradient case costs no call (ms__needs_grad also reads
+ * the thread's recording state). */
+static inline bool needs_grad(const ms_tensor *a, const ms_tensor *b, const ms_tensor *c)
+{
+    return ((a && a->requires_grad) || (b && b->requires_grad) || (c && c->requires_grad)) &&
+           ms__needs_grad(a, b, c);
 }
 
 /* NumPy broadcasting of two shapes. */
@@ -119,7 +129,7 @@ static ms_tensor *unary(const char *fn, ms_unary_op op, const ms_tensor *x, ms_b
     ms_status st = msk_unary(op, x->dtype, x->numel, x->data, y->data);
     if (st != MS_OK)
         return kernel_failed(fn, st, y);
-    if (bw && ms__needs_grad(x, NULL, NULL))
+    if (bw && needs_grad(x, NULL, NULL))
         return ms__record(y, fn, bw, x, NULL, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -191,7 +201,14 @@ static ms_tensor *binary(const char *fn, ms_binary_op op, const ms_tensor *a, co
     ms_tensor *y = ms__tensor_new(fn, a->dtype, n, shape);
     if (!y)
         return NULL;
-    if (y->numel) {
+    if (y->numel && a->numel == y->numel && b->numel == y->numel) {
+        /* no broadcasting (the common case): one contiguous run */
+        static const int64_t unit = 1;
+        ms_status st = msk_binary(op, a->dtype, 1, &y->numel, a->data, &unit, b->data, &unit,
+                                  y->data);
+        if (st != MS_OK)
+            return kernel_failed(fn, st, y);
+    } else if (y->numel) {
         int64_t sa[MS_MAX_DIMS], sb[MS_MAX_DIMS], sy[MS_MAX_DIMS], ks[MS_MAX_DIMS];
         broadcast_strides(a, n, sa);
         broadcast_strides(b, n, sb);
@@ -203,7 +220,7 @@ static ms_tensor *binary(const char *fn, ms_binary_op op, const ms_tensor *a, co
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (bw && ms__needs_grad(a, b, NULL))
+    if (bw && needs_grad(a, b, NULL))
         return ms__record(y, fn, bw, a, b, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -340,7 +357,7 @@ static ms_tensor *binary_scalar(const char *fn, ms_binary_op op, const ms_tensor
                                 bool reversed, ms_backward_fn bw)
 {
     ms_tensor *y = binary_scalar_raw(fn, op, x, s, reversed);
-    if (y && bw && ms__needs_grad(x, NULL, NULL))
+    if (y && bw && needs_grad(x, NULL, NULL))
         return ms__record(y, fn, bw, x, NULL, NULL, s, NULL, 0);
     return y;
 }
@@ -476,7 +493,7 @@ static ms_tensor *reduce(const char *fn, ms_reduce_op op, const ms_tensor *t, in
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (bw && ms__needs_grad(t, NULL, NULL)) {
+    if (bw && needs_grad(t, NULL, NULL)) {
         int iarg[2] = {(int)mask, (int)count};
         return ms__record(y, fn, bw, t, NULL, NULL, 0.0, iarg, 2);
     }
@@ -600,7 +617,7 @@ ms_tensor *ms_reshape(const ms_tensor *t, int ndim, const int64_t *shape)
         return NULL;
     if (y->numel)
         memcpy(y->data, t->data, (size_t)y->numel * ms_dtype_size(t->dtype));
-    if (ms__needs_grad(t, NULL, NULL))
+    if (needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_reshape, t, NULL, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -681,7 +698,7 @@ ms_tensor *ms_permute(const ms_tensor *t, const int *perm)
         ss[i] = own[perm[i]];
     }
     ms_tensor *y = strided_copy(fn, t, t->ndim, shape, ss, 0);
-    if (y && ms__needs_grad(t, NULL, NULL))
+    if (y && needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_permute, t, NULL, NULL, 0.0, perm, t->ndim);
     return y;
 }
@@ -720,7 +737,7 @@ ms_tensor *ms_broadcast_to(const ms_tensor *t, int ndim, const int64_t *shape)
     int64_t ss[MS_MAX_DIMS];
     broadcast_strides(t, ndim, ss);
     ms_tensor *y = strided_copy(fn, t, ndim, shape, ss, 0);
-    if (y && ms__needs_grad(t, NULL, NULL))
+    if (y && needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_broadcast, t, NULL, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -769,7 +786,7 @@ ms_tensor *ms_slice(const ms_tensor *t, int axis, int64_t start, int64_t stop)
     shape[ax] = stop - start;
     ms__strides(t->ndim, t->shape, ss);
     ms_tensor *y = strided_copy(fn, t, t->ndim, shape, ss, start * ss[ax]);
-    if (y && ms__needs_grad(t, NULL, NULL)) {
+    if (y && needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         y = ms__record(y, fn, bw_slice, t, NULL, NULL, 0.0, iarg, 1);
         if (y)
@@ -822,7 +839,7 @@ ms_tensor *ms_concat(int n, ms_tensor *const *ts, int axis)
             return NULL;
         }
         shape[ax] += ts[i]->shape[ax];
-        grad = grad || ms__needs_grad(ts[i], NULL, NULL);
+        grad = grad || needs_grad(ts[i], NULL, NULL);
     }
     ms_tensor *y = ms__tensor_new(fn, t0->dtype, t0->ndim, shape);
     if (!y)
@@ -873,7 +890,7 @@ ms_tensor *ms_stack(int n, ms_tensor *const *ts, int axis)
         return NULL;
     }
     for (int i = 0; i < n; i++) {
-        if (!ms__check(fn, ts[i], "a tensor"))
+        if (!ms__check(fn, ts[i], "a tensor") || !ms__same_dtype(fn, ts[0], ts[i]))
             return NULL;
         if (!same_shape(ts[i], ts[0]->ndim, ts[0]->shape)) {
             char b1[MS_SHAPE_BUF], b2[MS_SHAPE_BUF];
@@ -883,16 +900,27 @@ ms_tensor *ms_stack(int n, ms_tensor *const *ts, int axis)
             return NULL;
         }
     }
+    if (ms__axis(fn, axis, ts[0]->ndim + 1) < 0) /* the new axis, named as ms_stack's */
+        return NULL;
     ms_tensor *small[16];
     ms_tensor **parts = n <= 16 ? small : malloc(sizeof(ms_tensor *) * (size_t)n);
     if (!parts) {
         ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
         return NULL;
     }
+    /* the expanded parts are intermediates: an internal scope frees them
+     * (the graph, if any, keeps its own references) */
+    if (ms_scope_push() != MS_OK) {
+        if (parts != small)
+            free(parts);
+        return NULL;
+    }
     int ok = 1;
     for (int i = 0; i < n; i++)
         ok = ok && (parts[i] = ms_expand_dims(ts[i], axis)) != NULL;
-    ms_tensor *y = ok ? ms_concat(n, parts, axis) : NULL;
+    ms_tensor *y = ok ? ms_retain(ms_concat(n, parts, axis)) : NULL;
+    ms_scope_pop();
+    ms__scope_adopt(y);
     if (parts != small)
         free(parts);
     return y;
@@ -944,7 +972,7 @@ ms_tensor *ms_repeat(const ms_tensor *t, int64_t repeats, int axis)
     /* flat has the right values; give it the right shape without a node */
     flat->ndim = t->ndim;
     memcpy(flat->shape, shape, sizeof shape);
-    if (ms__needs_grad(t, NULL, NULL)) {
+    if (needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         flat = ms__record(flat, fn, bw_repeat, t, NULL, NULL, 0.0, iarg, 1);
         if (flat)
@@ -992,7 +1020,7 @@ ms_tensor *ms_where(const ms_tensor *cond, const ms_tensor *a, const ms_tensor *
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (ms__needs_grad(a, b, NULL)) {
+    if (needs_grad(a, b, NULL)) {
         y = ms__record(y, fn, bw_where, a, b, cond, 0.0, NULL, 0);
         if (y)
             y->node->need[2] = false;
@@ -1023,7 +1051,7 @@ static ms_tensor *softmax(const char *fn, bool log, const ms_tensor *t, int axis
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (ms__needs_grad(t, NULL, NULL)) {
+    if (needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         return ms__record(y, fn, bw, t, NULL, NULL, 0.0, iarg, 1);
     }
@@ -1132,11 +1160,13 @@ static ms_tensor *matmul_t(const ms_tensor *a, const ms_tensor *b, bool ta, bool
     } else {
         st = MS_ERR_NOMEM;
     }
-    ms_release(tmp[0]);
-    ms_release(tmp[1]);
+    if (tmp[0])
+        ms_release(tmp[0]);
+    if (tmp[1])
+        ms_release(tmp[1]);
     if (st != MS_OK)
         return kernel_failed(fn, st, y);
-    if (ms__needs_grad(a, b, NULL)) {
+    if (needs_grad(a, b, NULL)) {
         int iarg[2] = {ta, tb};
         return ms__record(y, fn, bw_matmul, a, b, NULL, 0.0, iarg, 2);
     }
@@ -1153,7 +1183,14 @@ ms_tensor *ms_matmul(const ms_tensor *a, const ms_tensor *b)
                  fn, a->ndim, b->ndim);
         return NULL;
     }
-    /* NumPy: a 1-d operand is promoted to a matrix and the added dim dropped */
+    if (a->ndim > 1 && b->ndim > 1)
+        return matmul_t(a, b, false, false);
+    /* NumPy: a 1-d operand is promoted to a matrix and the added dim dropped;
+     * the promoted operands and the unreduced product are intermediates that
+     * an internal scope frees */
+    if (ms_scope_push() != MS_OK)
+        return NULL;
+    ms_tensor *r = NULL;
     const ms_tensor *a2 = a, *b2 = b;
     if (a->ndim == 1) {
         int64_t s[2] = {1, a->shape[0]};
@@ -1163,16 +1200,17 @@ ms_tensor *ms_matmul(const ms_tensor *a, const ms_tensor *b)
         int64_t s[2] = {b->shape[0], 1};
         b2 = ms_reshape(b, 2, s);
     }
-    if (a->ndim == 1 && a2 && b2 && a2->shape[1] != b2->shape[b2->ndim - 2]) {
+    if ((a->ndim == 1 || b->ndim == 1) && a2 && b2 &&
+        a2->shape[a2->ndim - 1] != b2->shape[b2->ndim - 2]) { /* name the shapes given */
         char b1[MS_SHAPE_BUF], bb[MS_SHAPE_BUF];
         ms__fail(MS_ERR_SHAPE, "%s: shapes %s and %s do not align", fn,
                  ms__shape_str(b1, sizeof b1, a->ndim, a->shape),
                  ms__shape_str(bb, sizeof bb, b->ndim, b->shape));
-        return NULL;
+        goto done;
     }
     ms_tensor *y = matmul_t(a2, b2, false, false);
-    if (!y || (a->ndim > 1 && b->ndim > 1))
-        return y;
+    if (!y)
+        goto done;
     int64_t s[MS_MAX_DIMS];
     int nd = 0;
     for (int i = 0; i < y->ndim; i++) {
@@ -1182,5 +1220,9 @@ ms_tensor *ms_matmul(const ms_tensor *a, const ms_tensor *b)
             continue;
         s[nd++] = y->shape[i];
     }
-    return ms_reshape(y, nd, s);
+    r = ms_retain(ms_reshape(y, nd, s));
+done:
+    ms_scope_pop();
+    ms__scope_adopt(r);
+    return r;
 }

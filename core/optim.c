@@ -2,7 +2,9 @@
  * Every update is written with differentiable ops, so with stop_gradients
  * off a meta step can differentiate through it. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -243,4 +245,82 @@ ms_container *metastep_optim_step(metastep_optim_state *s, const ms_container *w
         return NULL;
     }
     return s->opt->step(s->opt, s->state, w, dcdw, lr, stop_gradients);
+}
+
+static bool built_in(const metastep_optimizer *o)
+{
+    return o->step == gd_step || o->step == sgd_step || o->step == adam_step;
+}
+
+ms_container *metastep_optim_state_save(const metastep_optim_state *s)
+{
+    if (!s) {
+        ms__fail(MS_ERR_NULL_ARG, "metastep_optim_state_save: state is NULL");
+        return NULL;
+    }
+    if (!built_in(s->opt)) {
+        ms__fail(MS_ERR_UNSUPPORTED, "metastep_optim_state_save: '%s' is not a built-in optimizer",
+                 s->opt->name ? s->opt->name : "(unnamed)");
+        return NULL;
+    }
+    ms_container *out = ms_container_new();
+    const moments *m = s->state;
+    if (!out || !m)
+        return out;
+    const ms_container *parts[2] = {m->m, m->v};
+    const char *prefix[2] = {"m/", "v/"};
+    char key[512];
+    for (int p = 0; p < 2; p++)
+        for (int i = 0; parts[p] && i < ms_container_size(parts[p]); i++) {
+            snprintf(key, sizeof key, "%s%s", prefix[p], ms_container_key(parts[p], i));
+            if (ms_container_set(out, key, ms_container_at(parts[p], i)) != MS_OK) {
+                ms_container_release(out);
+                return NULL;
+            }
+        }
+    if (ms__container_adopt(out, "metastep_optim_state_save", "t", ms_scalar(MS_F64, m->t))) {
+        ms_container_release(out);
+        return NULL;
+    }
+    return out;
+}
+
+ms_status metastep_optim_state_restore(metastep_optim_state *s, const ms_container *saved)
+{
+    const char *fn = "metastep_optim_state_restore";
+    if (!s || !saved)
+        return ms__fail(MS_ERR_NULL_ARG, "%s: NULL argument", fn);
+    if (!built_in(s->opt))
+        return ms__fail(MS_ERR_UNSUPPORTED, "%s: '%s' is not a built-in optimizer", fn,
+                        s->opt->name ? s->opt->name : "(unnamed)");
+    moments *m = s->state;
+    if (!m) /* gradient descent has no state */
+        return MS_OK;
+    if (!ms_container_has(saved, "t"))
+        return ms__fail(MS_ERR_FORMAT, "%s: no step count 't' in the saved state", fn);
+    ms_container *nm = ms_container_new(), *nv = ms_container_new();
+    ms_status st = nm && nv ? MS_OK : ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
+    for (int i = 0; st == MS_OK && i < ms_container_size(saved); i++) {
+        const char *key = ms_container_key(saved, i);
+        if (strcmp(key, "t") == 0)
+            continue;
+        if (strncmp(key, "m/", 2) != 0 && strncmp(key, "v/", 2) != 0)
+            st = ms__fail(MS_ERR_FORMAT, "%s: unexpected entry '%s'", fn, key);
+        else
+            st = ms_container_set(key[0] == 'm' ? nm : nv, key + 2, ms_container_at(saved, i));
+    }
+    double t = ms_tensor_item(ms_container_get(saved, "t"));
+    if (st == MS_OK && (!(t >= 0) || t > 1e9))
+        st = ms__fail(MS_ERR_FORMAT, "%s: step count %g is invalid", fn, t);
+    if (st != MS_OK) {
+        ms_container_release(nm);
+        ms_container_release(nv);
+        return st;
+    }
+    ms_container_release(m->m);
+    ms_container_release(m->v);
+    m->m = ms_container_size(nm) ? nm : (ms_container_release(nm), NULL);
+    m->v = ms_container_size(nv) ? nv : (ms_container_release(nv), NULL);
+    m->t = (int)t;
+    return MS_OK;
 }

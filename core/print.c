@@ -2,7 +2,7 @@
  * shortest round-trip form for the dtype but at most 8 fractional digits
  * (NumPy's floatmode "maxprec", precision 8), columns aligned on the decimal
  * point, scientific notation when magnitudes span more than 1e3 or reach
- * 1e8 or fall below 1e-4, rows wrapped at 75 characters. */
+ * 1e8 (1e6 for float32) or fall below 1e-4, rows wrapped at 75 characters. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +16,7 @@
 
 typedef struct fmt {
     bool sci;
-    int pad_left, pad_right; /* positional: integer-part and fraction widths */
+    int pad_left, pad_right; /* integer-part width, and the width after it */
     int sci_digits;          /* scientific: fraction digits of the mantissa */
     int exp_width;           /* scientific: exponent digits */
 } fmt;
@@ -67,25 +67,26 @@ static void positional(double v, ms_dtype dt, char *out, size_t cap)
         snprintf(out, cap, "0.");
 }
 
-/* Scientific text: mantissa with `digits` fraction digits (trimmed), exponent. */
-static void scientific(double v, ms_dtype dt, int digits, bool trim, int exp_width, char *out,
-                       size_t cap)
+/* Scientific text as NumPy's first pass makes it: the shortest round-trip
+ * mantissa for the dtype, at most PRECISION fraction digits, trailing zeros
+ * trimmed but the point kept ("1.e-05", "1.5e+00"), exponent of at least
+ * two digits. */
+static void scientific(double v, ms_dtype dt, char *out, size_t cap)
 {
+    int sig = shortest_digits(v, dt);
+    int digits = sig - 1 > PRECISION ? PRECISION : sig - 1;
     char m[64];
     snprintf(m, sizeof m, "%.*e", digits, v);
     char *e = strchr(m, 'e');
     int ex = atoi(e + 1);
     *e = '\0';
-    if (trim) {
-        size_t n = strlen(m);
-        char *dot = strchr(m, '.');
-        while (dot && n > 0 && m[n - 1] == '0' && &m[n - 1] > dot)
-            m[--n] = '\0';
-        if (!dot)
-            strcat(m, ".");
-    }
-    (void)dt;
-    snprintf(out, cap, "%se%c%0*d", m, ex < 0 ? '-' : '+', exp_width, abs(ex));
+    size_t n = strlen(m);
+    char *dot = strchr(m, '.');
+    while (dot && n > 0 && m[n - 1] == '0' && &m[n - 1] > dot)
+        m[--n] = '\0';
+    if (!dot)
+        strcat(m, ".");
+    snprintf(out, cap, "%se%c%02d", m, ex < 0 ? '-' : '+', abs(ex));
 }
 
 static void non_finite(double v, char *out, size_t cap)
@@ -97,11 +98,12 @@ static fmt make_format(const ms_tensor *t)
 {
     fmt f = {false, 0, 0, 0, 2};
     double maxv = 0, minv = INFINITY;
-    bool any_finite = false, any_nonfinite = false;
+    bool any_finite = false, any_nonfinite = false, neg_inf = false;
     for (int64_t i = 0; i < t->numel; i++) {
         double v = value_at(t, i);
         if (!isfinite(v)) {
             any_nonfinite = true;
+            neg_inf = neg_inf || (isinf(v) && v < 0);
             continue;
         }
         any_finite = true;
@@ -111,7 +113,9 @@ static fmt make_format(const ms_tensor *t)
             minv = a < minv ? a : minv;
         }
     }
-    if (maxv > 0 && (maxv >= 1e8 || minv < 1e-4 || maxv / minv > 1e3))
+    /* NumPy's cutoff is 10**min(8, finfo(dtype).precision): 1e6 for float32 */
+    double cutoff = t->dtype == MS_F32 ? 1e6 : 1e8;
+    if (maxv > 0 && (maxv >= cutoff || minv < 1e-4 || maxv / minv > 1e3))
         f.sci = true;
     char buf[128];
     for (int64_t i = 0; any_finite && i < t->numel; i++) {
@@ -119,14 +123,12 @@ static fmt make_format(const ms_tensor *t)
         if (!isfinite(v))
             continue;
         if (f.sci) {
-            int sig = shortest_digits(v, t->dtype);
-            int d = sig - 1 > PRECISION ? PRECISION : sig - 1;
-            f.sci_digits = d > f.sci_digits ? d : f.sci_digits;
-            int ex = v == 0 ? 0 : abs((int)floor(log10(fabs(v))));
-            if (ex >= 100)
-                f.exp_width = 3;
-            int il = v < 0 ? 2 : 1;
+            scientific(v, t->dtype, buf, sizeof buf);
+            char *dot = strchr(buf, '.'), *e = strchr(buf, 'e');
+            int il = (int)(dot - buf), fl = (int)(e - dot - 1), el = (int)strlen(e + 2);
             f.pad_left = il > f.pad_left ? il : f.pad_left;
+            f.sci_digits = fl > f.sci_digits ? fl : f.sci_digits;
+            f.exp_width = el > f.exp_width ? el : f.exp_width;
         } else {
             positional(v, t->dtype, buf, sizeof buf);
             char *dot = strchr(buf, '.');
@@ -135,8 +137,10 @@ static fmt make_format(const ms_tensor *t)
             f.pad_right = fl > f.pad_right ? fl : f.pad_right;
         }
     }
-    if (any_nonfinite && !f.sci) {
-        int need = 4 - (f.pad_right + 1); /* "-inf" */
+    if (f.sci) /* what follows the integer part: ".", digits, "e+", exponent */
+        f.pad_right = f.sci_digits + 2 + f.exp_width;
+    if (any_nonfinite) { /* "nan", "inf" or "-inf" must fit the column */
+        int need = 3 + (neg_inf ? 1 : 0) - (f.pad_right + 1);
         f.pad_left = need > f.pad_left ? need : f.pad_left;
     }
     return f;
@@ -147,19 +151,19 @@ static void format_value(const ms_tensor *t, const fmt *f, double v, char *out, 
     char core[128];
     if (!isfinite(v)) {
         non_finite(v, core, sizeof core);
-        int width = f->sci ? 0 : f->pad_left + f->pad_right + 1;
-        snprintf(out, cap, "%*s", width, core);
+        snprintf(out, cap, "%*s", f->pad_left + f->pad_right + 1, core);
         return;
     }
     if (f->sci) {
-        char m[128];
-        scientific(v, t->dtype, f->sci_digits, true, f->exp_width, m, sizeof m);
-        /* pad the mantissa fraction so the exponents line up */
-        char *e = strchr(m, 'e');
-        char *dot = strchr(m, '.');
-        int fl = (int)(e - dot - 1), il = (int)(dot - m);
-        snprintf(out, cap, "%*s%.*s%*s%s", f->pad_left - il, "", (int)(e - m), m,
-                 f->sci_digits - fl, "", e);
+        /* the mantissa fraction is zero-padded to a common length (NumPy's
+         * min_digits), the exponent to a common width */
+        scientific(v, t->dtype, core, sizeof core);
+        char *e = strchr(core, 'e');
+        char *dot = strchr(core, '.');
+        int fl = (int)(e - dot - 1), il = (int)(dot - core);
+        int ex = atoi(e + 1);
+        snprintf(out, cap, "%*s%.*s%.*se%c%0*d", f->pad_left - il, "", (int)(e - core), core,
+                 f->sci_digits - fl, "00000000", ex < 0 ? '-' : '+', f->exp_width, abs(ex));
         return;
     }
     positional(v, t->dtype, core, sizeof core);
@@ -191,11 +195,13 @@ static void format_axis(out *o, const ms_tensor *t, const fmt *f, int axis, int6
     (void)stride_unit;
     emit(o, "[");
     if (axis == t->ndim - 1) {
-        int closing = t->ndim - axis; /* brackets that may follow the last element */
+        /* NumPy's _formatArray: the suffix ")" is taken off the line width,
+         * each enclosing "[" takes one more, and every element (the last
+         * too) leaves room for the "," or "]" after it */
+        int limit = LINE_WIDTH - 1 - axis - 1;
         for (int64_t i = 0; i < n; i++) {
             char word[160];
             format_value(t, f, value_at(t, offset + i), word, sizeof word);
-            int limit = LINE_WIDTH - (i + 1 < n ? 1 : closing);
             if (i > 0 && o->col + 1 + (int)strlen(word) > limit) {
                 /* wrap: NumPy leaves no space after the comma at a line end */
                 fputs("\n", o->f);
@@ -228,8 +234,10 @@ ms_status ms_tensor_fprint(FILE *file, const ms_tensor *t)
 {
     if (!file)
         return ms__fail(MS_ERR_NULL_ARG, "ms_tensor_fprint: file is NULL");
+    if (!t)
+        return ms__fail(MS_ERR_NULL_ARG, "ms_tensor_fprint: t is NULL");
     if (!ms__check("ms_tensor_fprint", t, "t"))
-        return ms_last_error(NULL);
+        return MS_ERR_INVALID_ARG;
     out o = {file, 0};
     emit(&o, PREFIX);
     if (t->ndim == 0) {

@@ -1,5 +1,6 @@
 /* The backend registry, the set/unset stack, and kernel dispatch with
  * fallback to the reference backend. */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ static ms_loaded *load_locked(const char *name)
     /* a path may name a backend already loaded under its table name */
     for (int i = 0; i < nloaded; i++)
         if (loaded[i].t == t) {
+            dlclose(h); /* drop the extra reference dlopen took */
             free(path);
             return &loaded[i];
         }
@@ -75,6 +77,7 @@ static ms_loaded *load_locked(const char *name)
         ms_status st = t->init();
         if (st != MS_OK) {
             ms__fail(MS_ERR_BACKEND, "backend '%s': init failed: %s", path, ms_status_string(st));
+            dlclose(h);
             free(path);
             return NULL;
         }

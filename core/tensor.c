@@ -7,6 +7,7 @@
 
 #define MS_HEADER_BYTES ((sizeof(struct ms_tensor) + 63) & ~(size_t)63)
 #define MS_MAX_SCOPES 1024
+#define MS_SCOPE_KEEP 4096 /* entries of the outermost scope's list kept after its pop */
 
 static atomic_llong live_tensors;
 
@@ -15,8 +16,31 @@ typedef struct scope {
     size_t n, cap;
 } scope;
 
-static _Thread_local scope scopes[MS_MAX_SCOPES];
-static _Thread_local int scope_top; /* number of open scopes */
+/* This thread's scopes and release stack, in one block so that a function
+ * computes the block's address (a __tls_get_addr call in a shared library)
+ * once rather than once per variable. */
+static _Thread_local struct thread_state {
+    int scope_top; /* number of open scopes */
+    int scope_hwm; /* deepest scope opened since the lists were last freed */
+    /* Releasing a tensor releases its graph; a long chain of nodes would
+     * recurse deeply, so the cascade runs on an explicit stack. */
+    bool releasing;
+    size_t ndying, capdying;
+    ms_tensor **dying;
+    scope scopes[MS_MAX_SCOPES];
+} ts;
+
+/* The address of this thread's state, computed once: the empty asm hides it
+ * from the optimiser, which would otherwise recompute it (another
+ * __tls_get_addr call) after every call the function makes. */
+static inline struct thread_state *state(void)
+{
+    struct thread_state *p = &ts;
+    __asm__("" : "+r"(p));
+    return p;
+}
+
+static inline void release(struct thread_state *st, ms_tensor *t);
 
 size_t ms_dtype_size(ms_dtype dt)
 {
@@ -71,11 +95,11 @@ bool ms__same_dtype(const char *fn, const ms_tensor *a, const ms_tensor *b)
     return true;
 }
 
-static bool scope_add(ms_tensor *t)
+static bool scope_add(struct thread_state *st, ms_tensor *t)
 {
-    if (scope_top == 0)
+    if (st->scope_top == 0)
         return true;
-    scope *s = &scopes[scope_top - 1];
+    scope *s = &st->scopes[st->scope_top - 1];
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 256;
         ms_tensor **items = realloc(s->items, cap * sizeof *items);
@@ -91,7 +115,7 @@ static bool scope_add(ms_tensor *t)
 static ms_tensor *tensor_alloc(const char *fn, ms_dtype dt, int ndim, const int64_t *shape,
                                bool scoped)
 {
-    size_t es = ms_dtype_size(dt);
+    size_t es = dt == MS_F32 ? 4 : dt == MS_F64 ? 8 : 0; /* no PLT call to ms_dtype_size */
     if (!es) {
         ms__fail(MS_ERR_DTYPE, "%s: invalid dtype %d", fn, (int)dt);
         return NULL;
@@ -112,13 +136,12 @@ static ms_tensor *tensor_alloc(const char *fn, ms_dtype dt, int ndim, const int6
                      ms__shape_str(b, sizeof b, ndim, shape));
             return NULL;
         }
-        if (shape[i] && numel > INT64_MAX / 8 / shape[i]) {
+        if (__builtin_mul_overflow(numel, shape[i], &numel) || numel > INT64_MAX / 8) {
             char b[MS_SHAPE_BUF];
             ms__fail(MS_ERR_OVERFLOW, "%s: shape %s has too many elements", fn,
                      ms__shape_str(b, sizeof b, ndim, shape));
             return NULL;
         }
-        numel *= shape[i];
     }
     size_t bytes = (size_t)numel * es;
     if (bytes > SIZE_MAX - MS_HEADER_BYTES) {
@@ -136,10 +159,10 @@ static ms_tensor *tensor_alloc(const char *fn, ms_dtype dt, int ndim, const int6
     atomic_init(&t->refs, 1);
     t->dtype = dt;
     t->ndim = ndim;
+    for (int i = 0; i < MS_MAX_DIMS; i++)
+        t->shape[i] = 1;
     for (int i = 0; i < ndim; i++)
         t->shape[i] = shape[i];
-    for (int i = ndim; i < MS_MAX_DIMS; i++)
-        t->shape[i] = 1;
     t->numel = numel;
     t->data = (char *)t + MS_HEADER_BYTES;
     t->block = cls;
@@ -149,7 +172,7 @@ static ms_tensor *tensor_alloc(const char *fn, ms_dtype dt, int ndim, const int6
     t->visit = 0;
     t->gacc = NULL;
     t->pending = 0;
-    if (scoped && !scope_add(t)) {
+    if (scoped && !scope_add(state(), t)) {
         t->magic = MS_TENSOR_DEAD;
         ms__block_free(t, cls);
         ms__fail(MS_ERR_NOMEM, "%s: cannot grow the scope", fn);
@@ -173,14 +196,15 @@ void ms__discard(ms_tensor *t)
 {
     if (!t)
         return;
-    if (scope_top > 0) {
-        scope *s = &scopes[scope_top - 1];
+    struct thread_state *st = state();
+    if (st->scope_top > 0) {
+        scope *s = &st->scopes[st->scope_top - 1];
         if (s->n && s->items[s->n - 1] == t)
             s->n--;
         else
             return; /* the scope owns it and releases it at pop */
     }
-    ms_release(t);
+    release(st, t);
 }
 
 ms_tensor *ms_retain(ms_tensor *t)
@@ -190,11 +214,6 @@ ms_tensor *ms_retain(ms_tensor *t)
     return t;
 }
 
-/* Releasing a tensor releases its graph; a long chain of nodes would recurse
- * deeply, so the cascade runs on an explicit per-thread stack. */
-static _Thread_local ms_tensor **dying;
-static _Thread_local size_t ndying, capdying;
-static _Thread_local bool releasing;
 
 static void destroy(ms_tensor *t)
 {
@@ -207,68 +226,82 @@ static void destroy(ms_tensor *t)
         ms__node_free(n); /* releases the inputs, possibly re-entering ms_release */
 }
 
-void ms_release(ms_tensor *t)
+/* ms_release's body, called directly from this file (a call to the exported
+ * name would go through the PLT). */
+static inline void release(struct thread_state *st, ms_tensor *t)
 {
     if (!t || t->magic != MS_TENSOR_MAGIC)
         return;
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
-    if (releasing) {
-        if (ndying == capdying) {
-            size_t cap = capdying ? capdying * 2 : 64;
-            ms_tensor **d = realloc(dying, cap * sizeof *d);
+    if (st->releasing) {
+        if (st->ndying == st->capdying) {
+            size_t cap = st->capdying ? st->capdying * 2 : 64;
+            ms_tensor **d = realloc(st->dying, cap * sizeof *d);
             if (!d) { /* cannot defer: recurse instead */
                 destroy(t);
                 return;
             }
-            dying = d;
-            capdying = cap;
+            st->dying = d;
+            st->capdying = cap;
         }
-        dying[ndying++] = t;
+        st->dying[st->ndying++] = t;
         return;
     }
-    releasing = true;
+    st->releasing = true;
     destroy(t);
-    while (ndying)
-        destroy(dying[--ndying]);
-    releasing = false;
+    while (st->ndying)
+        destroy(st->dying[--st->ndying]);
+    st->releasing = false;
 }
+
+void ms_release(ms_tensor *t) { release(state(), t); }
 
 ms_status ms_scope_push(void)
 {
-    if (scope_top >= MS_MAX_SCOPES)
+    struct thread_state *st = state();
+    if (st->scope_top >= MS_MAX_SCOPES)
         return ms__fail(MS_ERR_INVALID_ARG, "ms_scope_push: more than %d nested scopes",
                         MS_MAX_SCOPES);
-    scopes[scope_top++].n = 0;
+    st->scopes[st->scope_top++].n = 0;
+    if (st->scope_top > st->scope_hwm)
+        st->scope_hwm = st->scope_top;
     return MS_OK;
 }
 
 ms_status ms_scope_pop(void)
 {
-    if (scope_top == 0)
+    struct thread_state *st = state();
+    if (st->scope_top == 0)
         return ms__fail(MS_ERR_INVALID_ARG, "ms_scope_pop: no scope is open");
-    scope *s = &scopes[--scope_top];
+    scope *s = &st->scopes[--st->scope_top];
     for (size_t i = 0; i < s->n; i++)
-        ms_release(s->items[i]);
+        release(st, s->items[i]);
     s->n = 0;
-    if (scope_top == 0) { /* give the lists back when the outermost scope closes */
-        for (int i = 0; i < MS_MAX_SCOPES && scopes[i].items; i++) {
-            free(scopes[i].items);
-            scopes[i].items = NULL;
-            scopes[i].cap = 0;
+    if (st->scope_top == 0) {
+        /* give the lists back when the outermost scope closes, except the
+         * outermost one's while it is small: a loop that opens and closes a
+         * scope per step must not pay for regrowing it every time */
+        for (int i = 0; i < st->scope_hwm; i++) {
+            if (!st->scopes[i].items || (i == 0 && st->scopes[i].cap <= MS_SCOPE_KEEP))
+                continue;
+            free(st->scopes[i].items);
+            st->scopes[i].items = NULL;
+            st->scopes[i].cap = 0;
         }
-        free(dying);
-        dying = NULL;
-        capdying = 0;
+        st->scope_hwm = 0;
+        free(st->dying);
+        st->dying = NULL;
+        st->capdying = 0;
     }
     return MS_OK;
 }
 
-int ms_scope_depth(void) { return scope_top; }
+int ms_scope_depth(void) { return ts.scope_top; }
 
 void ms__scope_adopt(ms_tensor *t)
 {
-    if (t && !scope_add(t))
+    if (t && !scope_add(state(), t))
         ms__fail(MS_ERR_NOMEM, "scope: cannot grow the scope");
 }
 

@@ -6,25 +6,12 @@
 #include "metastep/backend.h"
 #include "metastep/metastep.h"
 #include "cli.h"
+#include "util.h"
 
 typedef struct listing {
     bool json;
     int n, failed;
 } listing;
-
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", *s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
-}
 
 /* A slot is native when the table has it non-NULL (a kernel may still
  * decline some dtypes at run time; those calls are counted as fallbacks). */
@@ -53,12 +40,12 @@ static void show(const char *name, const char *path, void *user)
         l->failed++;
     if (l->json) {
         printf("%s\n  {\"name\": ", l->n ? "," : "");
-        json_string(name);
+        util_json_string(stdout, name);
         printf(", \"file\": ");
-        json_string(path);
+        util_json_string(stdout, path);
         if (st == MS_OK) {
             printf(", \"description\": ");
-            json_string(b->header.description);
+            util_json_string(stdout, b->header.description);
             printf(", \"abi\": \"%u.%u\", \"native\": [", b->header.abi_major,
                    b->header.abi_minor);
             int c = 0;
@@ -73,7 +60,7 @@ static void show(const char *name, const char *path, void *user)
             printf("]}");
         } else {
             printf(", \"error\": ");
-            json_string(msg);
+            util_json_string(stdout, msg);
             printf("}");
         }
     } else {
@@ -127,11 +114,11 @@ int cmd_backends(int argc, char **argv)
     if (l.json) {
         printf("\n], \"default\": ");
         if (def)
-            json_string(def);
+            util_json_string(stdout, def);
         else
             printf("null");
         printf(", \"search_path\": ");
-        json_string(dirs);
+        util_json_string(stdout, dirs);
         printf("}\n");
     } else {
         printf("\nsearch path: %s\n", dirs);

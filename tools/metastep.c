@@ -12,10 +12,17 @@ static void usage(FILE *f)
             "commands:\n"
             "  backends [--json]    list the backends found, their files, ABI versions and\n"
             "                       which kernels each serves natively\n"
+            "  conformance --backend NAME|PATH [--quiet]\n"
+            "                       check a backend's kernels against the reference\n"
+            "  train --task NAME [--algo maml|fomaml|reptile] [...]\n"
+            "                       meta-train a task plugin's model (plots, log, params)\n"
+            "  eval --task NAME --params FILE\n"
+            "                       held-out losses of saved meta-parameters\n"
             "\n"
             "Run 'metastep COMMAND --help' for a command's options.\n"
             "Environment: METASTEP_BACKEND (default backend), METASTEP_BACKEND_PATH\n"
-            "(colon-separated directories searched first for backends).\n");
+            "(colon-separated directories searched first for backends), METASTEP_PLUGIN_PATH\n"
+            "(the same for task plugins).\n");
 }
 
 int main(int argc, char **argv)
@@ -31,6 +38,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "backends") == 0)
         return cmd_backends(argc - 1, argv + 1);
+    if (strcmp(cmd, "train") == 0)
+        return cmd_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "eval") == 0)
+        return cmd_eval(argc - 1, argv + 1);
+    if (strcmp(cmd, "conformance") == 0)
+        return cmd_conformance(argc - 1, argv + 1);
     fprintf(stderr, "metastep: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

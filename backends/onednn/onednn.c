@@ -1,9 +1,13 @@
 /* metastep — the oneDNN backend (oneDNN 2.x C API).
  *
  * float32 only: every float64 call returns MS_ERR_UNSUPPORTED so the
- * reference backend serves it.  Kernels: gemm (matmul), unary (eltwise),
- * binary (binary, with broadcasting), reduce (reduction), softmax and
- * log-softmax.  copy/fill/arange/where are NULL.
+ * reference backend serves it.  Kernels: gemm (matmul), unary (eltwise; neg
+ * as a binary multiply), binary (with broadcasting), reduce (reduction) and
+ * softmax.  copy/fill/arange/where are NULL.  Declined (served by ref):
+ * sign/sin/cos and pow (not in oneDNN 2.6); log and log-softmax (oneDNN's
+ * log is off by ~4e-6 absolute); and, because oneDNN 2.6 mishandles NaN,
+ * exp/relu/max/min/lt/le/gt/ge calls and max/min reductions whose inputs
+ * hold a NaN (checked by a scan before the call).
  *
  * Primitives are created once per (kind, op, shapes, strides, parameters)
  * and kept in a mutex-protected hash table until shutdown.  Each call wraps
@@ -490,6 +494,9 @@ static void build_gemm(prim_entry *e, const void *ctx)
     dnnl_primitive_attr_destroy(attr);
 }
 
+static ms_status gemm_run(gemm_params *p, int64_t stride_a, int64_t stride_b, int64_t stride_c,
+                          const void *a, const void *b, void *c);
+
 static ms_status dnnl_gemm_kernel(ms_dtype dt, bool trans_a, bool trans_b, int64_t batch,
                                   int64_t m, int64_t n, int64_t k, double alpha, const void *a,
                                   int64_t lda, int64_t stride_a, const void *b, int64_t ldb,
@@ -500,8 +507,19 @@ static ms_status dnnl_gemm_kernel(ms_dtype dt, bool trans_a, bool trans_b, int64
         return MS_ERR_UNSUPPORTED;
     if (batch <= 0 || m <= 0 || n <= 0)
         return MS_OK;
-    if (k <= 0)
-        return MS_ERR_UNSUPPORTED;
+    if (k <= 0) { /* empty product: C = beta * C (not read when beta is 0) */
+        const float fb = (float)beta;
+        for (int64_t i = 0; i < batch; i++)
+            for (int64_t r = 0; r < m; r++) {
+                float *row = (float *)c + i * stride_c + r * ldc;
+                if (beta == 0.0)
+                    memset(row, 0, (size_t)n * sizeof(float));
+                else if (beta != 1.0)
+                    for (int64_t j = 0; j < n; j++)
+                        row[j] *= fb;
+            }
+        return MS_OK;
+    }
     if (!engine_ready())
         return MS_ERR_UNSUPPORTED;
     if (stride_a < 0 || stride_b < 0 || stride_c <= 0 || lda < 0 || ldb < 0 || ldc < 0)
@@ -533,38 +551,69 @@ static ms_status dnnl_gemm_kernel(ms_dtype dt, bool trans_a, bool trans_b, int64
     }
     if (n == 1)
         b_col = trans_b ? k : 1;
-    p.sa[0] = p.batch_a > 1 ? stride_a : m * k;
     p.sa[1] = a_row;
     p.sa[2] = a_col;
-    p.sb[0] = p.batch_b > 1 ? stride_b : k * n;
     p.sb[1] = b_row;
     p.sb[2] = b_col;
-    p.sc[0] = batch > 1 ? stride_c : m * n;
     p.sc[1] = m == 1 ? n : ldc;
     p.sc[2] = 1;
 
+    /* oneDNN's matmul refuses a batched dst when both A and B are shared:
+     * then (or whenever the batched primitive is refused) run one matrix
+     * per batch entry. */
+    if (p.batch_a > 1 || p.batch_b > 1) {
+        ms_status st = gemm_run(&p, stride_a, stride_b, stride_c, a, b, c);
+        if (st != MS_ERR_UNSUPPORTED)
+            return st;
+    }
+    const bool shared = p.batch_a == 1 && p.batch_b == 1;
+    p.batch_a = p.batch_b = p.batch_c = 1;
+    for (int64_t i = 0; i < batch; i++) {
+        float *ci = (float *)c + i * stride_c;
+        if (i > 0 && shared && beta == 0.0) { /* same product: copy C_0 */
+            for (int64_t r = 0; r < m; r++)
+                memcpy(ci + r * ldc, (float *)c + r * ldc, (size_t)n * sizeof(float));
+            continue;
+        }
+        ms_status st = gemm_run(&p, stride_a, stride_b, stride_c, (const float *)a + i * stride_a,
+                                (const float *)b + i * stride_b, ci);
+        if (st != MS_OK)
+            return st;
+    }
+    return MS_OK;
+}
+
+static ms_status gemm_run(gemm_params *p, int64_t stride_a, int64_t stride_b, int64_t stride_c,
+                          const void *a, const void *b, void *c)
+{
+    const int64_t m = p->m, n = p->n, k = p->k;
+    p->sa[0] = p->batch_a > 1 ? stride_a : m * k;
+    p->sb[0] = p->batch_b > 1 ? stride_b : k * n;
+    p->sc[0] = p->batch_c > 1 ? stride_c : m * n;
+    const float fa = p->alpha, fb = p->beta;
+
     prim_key key = {.len = 0};
     key_push(&key, KIND_GEMM);
-    key_push(&key, p.batch_a);
-    key_push(&key, p.batch_b);
-    key_push(&key, p.batch_c);
+    key_push(&key, p->batch_a);
+    key_push(&key, p->batch_b);
+    key_push(&key, p->batch_c);
     key_push(&key, m);
     key_push(&key, n);
     key_push(&key, k);
     for (int i = 0; i < 3; i++) {
-        key_push(&key, p.sa[i]);
-        key_push(&key, p.sb[i]);
-        key_push(&key, p.sc[i]);
+        key_push(&key, p->sa[i]);
+        key_push(&key, p->sb[i]);
+        key_push(&key, p->sc[i]);
     }
-    int32_t bits[2];
+    uint32_t bits[2];
     memcpy(&bits[0], &fa, 4);
     memcpy(&bits[1], &fb, 4);
-    key_push(&key, ((int64_t)bits[0] << 32) | (uint32_t)bits[1]);
+    key_push(&key, (int64_t)(((uint64_t)bits[0] << 32) | bits[1]));
 
     exec_arg args[3] = {{DNNL_ARG_SRC, MD_INDEX(0), (void *)a},
                         {DNNL_ARG_WEIGHTS, MD_INDEX(1), (void *)b},
                         {DNNL_ARG_DST, MD_INDEX(2), c}};
-    return run_cached(&key, build_gemm, &p, 3, args);
+    return run_cached(&key, build_gemm, p, 3, args);
 }
 
 /* ------------------------------------------------------------------------ */

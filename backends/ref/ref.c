@@ -524,6 +524,10 @@ static ms_status ref_reduce(ms_reduce_op op, ms_dtype dt, int ndim, const int64_
                     for (int64_t j = 0; j < n; ++j) {                         \
                         const T *br = B + j * ldb;                            \
                         T s = (T)0;                                           \
+                        /* a vectorised reduction (-fopenmp-simd): the order  \
+                         * of the partial sums is fixed, so still exact-     \
+                         * reproducible */                                    \
+                        _Pragma("omp simd reduction(+ : s)")                  \
                         for (int64_t l = 0; l < k; ++l) s += ar[l] * br[l];   \
                         cr[j] = beta0 ? alpha * s : alpha * s + beta * cr[j]; \
                     }                                                         \

@@ -96,6 +96,41 @@ ms_status ms_container_fprint(FILE *f, const ms_container *c);
 /* Same text into a new malloc'd string; NULL on error. */
 char *ms_container_to_string(const ms_container *c);
 
+/* --- safetensors files (https://github.com/huggingface/safetensors) --- */
+
+/* Write c to path in the safetensors format: an 8-byte little-endian header
+ * length N, an N-byte JSON header {"<key chain>": {"dtype": "F32"|"F64",
+ * "shape": [...], "data_offsets": [begin, end]}, ...} padded with spaces to a
+ * multiple of 8, then the raw little-endian elements, tensors in c's
+ * insertion order (offsets relative to the data section).  Key chains are the
+ * tensor names ("layer1/w").  The file is written to a temporary file in the
+ * same directory (named "<path>.tmp-<pid>-<n>"), synced and renamed over
+ * path, so a failure never leaves a partial file at path.  c is only read.
+ * Errors: MS_ERR_NULL_ARG (c or path NULL), MS_ERR_IO (naming path and the
+ * system's reason; path is untouched), MS_ERR_KEY (a key chain that the
+ * format cannot hold: "__metadata__" or one that is not UTF-8),
+ * MS_ERR_INVALID_ARG (a released tensor), MS_ERR_NOMEM. */
+ms_status ms_container_save(const ms_container *c, const char *path);
+
+/* Read a safetensors file into a new container: *out receives a container
+ * the caller releases with ms_container_release; it holds the only
+ * reference to each of its tensors (they never belong to a scope, open or
+ * not).  Leaves follow the header's order; "__metadata__" (an object of
+ * strings) is checked and ignored.  Only F32 and F64 tensors are supported.
+ * On failure *out is NULL (when out is non-NULL).  Errors: MS_ERR_NULL_ARG,
+ * MS_ERR_IO (the file cannot be opened or read), MS_ERR_NOMEM, and
+ * MS_ERR_FORMAT naming the file and the offending tensor for any malformed
+ * content: a file shorter than 8 bytes, a header length over 100 MB or past
+ * the end of the file, a header that is not a JSON object (with jansson's
+ * message, line and column), duplicate names, entries missing "dtype",
+ * "shape" or "data_offsets" or with the wrong JSON types, other dtypes
+ * ("F16", "BF16", "I64", ...), negative or non-integer dimensions, rank over
+ * MS_MAX_DIMS, a shape whose byte size differs from end - begin, offsets past
+ * the data section, tensors that overlap or leave holes (they must cover the
+ * data section exactly), names that are not key chains or that make a leaf
+ * also a subtree ("a" and "a/b"). */
+ms_status ms_container_load(const char *path, ms_container **out);
+
 #ifdef __cplusplus
 }
 #endif

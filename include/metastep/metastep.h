@@ -10,5 +10,6 @@
 #include "metastep/container.h"
 #include "metastep/optim.h"
 #include "metastep/meta.h"
+#include "metastep/task.h"
 
 #endif

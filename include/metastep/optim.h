@@ -66,6 +66,16 @@ void metastep_optim_state_release(metastep_optim_state *s);
 ms_container *metastep_optim_step(metastep_optim_state *s, const ms_container *w,
                                   const ms_container *dcdw, double lr, bool stop_gradients);
 
+/* The state of a built-in optimizer as a container, for checkpoints: leaves
+ * "m/<key chain>" and "v/<key chain>" (momentum buffers, Adam moments) and
+ * "t" (a 0-d float64 step count).  A new container (empty for gradient
+ * descent), or NULL with MS_ERR_UNSUPPORTED for a user optimizer. */
+ms_container *metastep_optim_state_save(const metastep_optim_state *s);
+/* Restore a state saved by metastep_optim_state_save into s (made for the
+ * same optimizer).  MS_ERR_FORMAT when the container is not such a state,
+ * MS_ERR_UNSUPPORTED for a user optimizer. */
+ms_status metastep_optim_state_restore(metastep_optim_state *s, const ms_container *saved);
+
 #ifdef __cplusplus
 }
 #endif

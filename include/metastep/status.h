@@ -42,6 +42,12 @@ const char *ms_status_string(ms_status s);
  * valid until the next failure or ms_clear_error() on this thread. */
 ms_status ms_last_error(const char **msg);
 
+/* Record a failure from user code (a cost function, a task plugin) in the
+ * same way metastep's own functions do: kept only when no failure is
+ * recorded yet.  Returns st.  The message is formatted like printf. */
+ms_status ms_record_error(ms_status st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* Forget the recorded failure on this thread. */
 void ms_clear_error(void);
 

@@ -1,0 +1,279 @@
+/* bench-kernels: what each backend's kernels cost when called through the
+ * kernel table, and whether dispatch through a backend costs anything over
+ * calling OpenBLAS directly.
+ *
+ *   ./build/bench/bench-kernels [BACKEND...]      (default: ref openblas onednn)
+ *
+ * float32 GEMM (square 8..1024, skinny shapes, the batched small GEMMs of
+ * MAML) in GFLOP/s, and elementwise add and tanh in GB/s; every number is the
+ * median of 5 repeats, each repeat long enough (~30 ms) for the clock.  The
+ * last columns call cblas_sgemm directly on the same shapes (a loop over the
+ * batch for batched shapes) and give backend/direct for the openblas backend.
+ * Not run by `meson test`: timing is never a pass condition.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "metastep/backend.h"
+#include "metastep/metastep.h"
+
+#define REPEATS 5
+#define TARGET_SECONDS 0.03
+#define MAX_BACKENDS 8
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median seconds per call of fn(user) over REPEATS repeats. */
+typedef int (*bench_fn)(void *user);
+static double time_call(bench_fn fn, void *user)
+{
+    if (fn(user) != 0) /* warm-up; also checks the call is served */
+        return NAN;
+    double t0 = now();
+    fn(user);
+    double once = now() - t0;
+    long iters = once > 0 ? (long)(TARGET_SECONDS / once) : 1000;
+    if (iters < 1)
+        iters = 1;
+    if (iters > 100000)
+        iters = 100000;
+    double t[REPEATS];
+    for (int r = 0; r < REPEATS; r++) {
+        t0 = now();
+        for (long i = 0; i < iters; i++)
+            fn(user);
+        t[r] = (now() - t0) / (double)iters;
+    }
+    qsort(t, REPEATS, sizeof *t, cmp_double);
+    return t[REPEATS / 2];
+}
+
+typedef struct gemm_args {
+    const ms_backend *b; /* NULL: cblas_sgemm directly */
+    int64_t batch, m, n, k, stride_b;
+    float *a, *bm, *c;
+} gemm_args;
+
+static int run_gemm(void *user)
+{
+    gemm_args *g = user;
+    if (!g->b) {
+        for (int64_t p = 0; p < g->batch; p++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->m, (int)g->n,
+                        (int)g->k, 1.0f, g->a + p * g->m * g->k, (int)g->k,
+                        g->bm + p * g->stride_b, (int)g->n, 0.0f, g->c + p * g->m * g->n,
+                        (int)g->n);
+        return 0;
+    }
+    if (!g->b->gemm)
+        return 1;
+    ms_status st = g->b->gemm(MS_F32, false, false, g->batch, g->m, g->n, g->k, 1.0, g->a, g->k,
+                              g->m * g->k, g->bm, g->n, g->stride_b, 0.0, g->c, g->n,
+                              g->m * g->n);
+    return st == MS_OK ? 0 : 1;
+}
+
+typedef struct elem_args {
+    const ms_backend *b;
+    int op; /* 0 add, 1 tanh */
+    int64_t n;
+    float *x, *y, *z;
+} elem_args;
+
+static int run_elem(void *user)
+{
+    elem_args *e = user;
+    if (e->op == 0) {
+        if (!e->b->binary)
+            return 1;
+        const int64_t one = 1;
+        return e->b->binary(MS_BINARY_ADD, MS_F32, 1, &e->n, e->x, &one, e->y, &one, e->z) !=
+               MS_OK;
+    }
+    if (!e->b->unary)
+        return 1;
+    return e->b->unary(MS_UNARY_TANH, MS_F32, e->n, e->x, e->z) != MS_OK;
+}
+
+static float *random_floats(int64_t n, uint64_t seed)
+{
+    float *p = malloc((size_t)(n ? n : 1) * sizeof *p);
+    if (!p)
+        return NULL;
+    ms_tensor *t = ms_random_uniform(MS_F32, 1, &n, -1, 1, seed);
+    if (t)
+        memcpy(p, ms_tensor_data(t), (size_t)n * sizeof *p);
+    ms_release(t);
+    return p;
+}
+
+static void machine(void)
+{
+    char model[256] = "unknown";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f)) {
+            if (strncmp(line, "model name", 10) == 0) {
+                const char *v = strchr(line, ':');
+                if (v) {
+                    snprintf(model, sizeof model, "%s", v + 2);
+                    model[strcspn(model, "\n")] = '\0';
+                }
+                break;
+            }
+        }
+        fclose(f);
+    }
+    const char *ct = getenv("OPENBLAS_CORETYPE");
+    const char *nt = getenv("OPENBLAS_NUM_THREADS"), *omp = getenv("OMP_NUM_THREADS");
+    printf("machine: %s; %ld CPUs online\n", model, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("OPENBLAS_CORETYPE=%s, OPENBLAS_NUM_THREADS=%s; OpenBLAS core that ran: %s; %d threads\n",
+           ct ? ct : "(unset)", nt ? nt : "(unset)", openblas_get_corename(),
+           openblas_get_num_threads());
+    printf("%s\nOMP_NUM_THREADS=%s (oneDNN runs on OpenMP: on an oversubscribed machine its spinning threads can cost 100x)\n", openblas_get_config(), omp ? omp : "(unset)");
+}
+
+typedef struct shape {
+    const char *label;
+    int64_t batch, m, n, k;
+    bool shared_b; /* batch stride 0 for B: every task multiplies by the same weights */
+} shape;
+
+static const shape SHAPES[] = {
+    {"8", 1, 8, 8, 8, false},
+    {"16", 1, 16, 16, 16, false},
+    {"32", 1, 32, 32, 32, false},
+    {"64", 1, 64, 64, 64, false},
+    {"128", 1, 128, 128, 128, false},
+    {"256", 1, 256, 256, 256, false},
+    {"512", 1, 512, 512, 512, false},
+    {"1024", 1, 1024, 1024, 1024, false},
+    {"250x40x40 (25 tasks x 10 rows)", 1, 250, 40, 40, false},
+    {"1024x64x1024", 1, 1024, 1024, 64, false},
+    {"1024x1024x64", 1, 1024, 64, 1024, false},
+    {"25 x (10x40)(40x40) shared B", 25, 10, 40, 40, true},
+    {"25 x (10x40)(40x40)", 25, 10, 40, 40, false},
+    {"25 x (10x1)(1x40)", 25, 10, 40, 1, true},
+};
+#define NSHAPES ((int)(sizeof SHAPES / sizeof *SHAPES))
+
+int main(int argc, char **argv)
+{
+    const char *defaults[] = {"ref", "openblas", "onednn"};
+    const char *names[MAX_BACKENDS];
+    const ms_backend *tables[MAX_BACKENDS];
+    int nb = 0;
+    int nreq = argc > 1 ? argc - 1 : 3;
+    for (int i = 0; i < nreq && nb < MAX_BACKENDS; i++) {
+        const char *name = argc > 1 ? argv[i + 1] : defaults[i];
+        const ms_backend *t = NULL;
+        if (metastep_load_backend(name, &t) != MS_OK) {
+            const char *msg = NULL;
+            ms_last_error(&msg);
+            fprintf(stderr, "bench-kernels: skipping %s: %s\n", name, msg ? msg : "");
+            ms_clear_error();
+            continue;
+        }
+        names[nb] = name;
+        tables[nb++] = t;
+    }
+    machine();
+    for (int i = 0; i < nb; i++)
+        printf("backend %-9s %s\n", names[i], tables[i]->header.description);
+    int blas_col = -1;
+    for (int i = 0; i < nb; i++)
+        if (strcmp(tables[i]->header.name, "openblas") == 0)
+            blas_col = i;
+
+    printf("\nfloat32 GEMM, NN, C = A*B (GFLOP/s, median of %d)\n", REPEATS);
+    printf("%-32s", "shape (m x n x k)");
+    for (int i = 0; i < nb; i++)
+        printf(" %10s", names[i]);
+    printf(" %10s %12s\n", "cblas", "openblas/cb");
+    for (int s = 0; s < NSHAPES; s++) {
+        const shape *sh = &SHAPES[s];
+        const int64_t bstride = sh->shared_b ? 0 : sh->k * sh->n;
+        float *a = random_floats(sh->batch * sh->m * sh->k, 1);
+        float *b = random_floats((sh->shared_b ? 1 : sh->batch) * sh->k * sh->n, 2);
+        float *c = random_floats(sh->batch * sh->m * sh->n, 3);
+        if (!a || !b || !c) {
+            fprintf(stderr, "bench-kernels: out of memory\n");
+            return 1;
+        }
+        const double flops = 2.0 * (double)(sh->batch * sh->m * sh->n * sh->k);
+        printf("%-32s", sh->label);
+        double blas_backend = NAN;
+        for (int i = 0; i < nb; i++) {
+            gemm_args g = {tables[i], sh->batch, sh->m, sh->n, sh->k, bstride, a, b, c};
+            double t = time_call(run_gemm, &g);
+            if (i == blas_col)
+                blas_backend = t;
+            if (isnan(t))
+                printf(" %10s", "fallback");
+            else
+                printf(" %10.2f", flops / t * 1e-9);
+            fflush(stdout);
+        }
+        gemm_args g = {NULL, sh->batch, sh->m, sh->n, sh->k, bstride, a, b, c};
+        double direct = time_call(run_gemm, &g);
+        printf(" %10.2f", flops / direct * 1e-9);
+        if (!isnan(blas_backend))
+            printf(" %12.3f", direct / blas_backend);
+        printf("\n");
+        free(a);
+        free(b);
+        free(c);
+    }
+
+    static const int64_t sizes[] = {1000, 65536, 1048576, 16777216};
+    static const char *const ops[] = {"add", "tanh"};
+    for (int op = 0; op < 2; op++) {
+        printf("\nfloat32 %s (GB/s moved: %s; median of %d)\n", ops[op],
+               op == 0 ? "3 x 4 bytes per element" : "2 x 4 bytes per element", REPEATS);
+        printf("%-32s", "elements");
+        for (int i = 0; i < nb; i++)
+            printf(" %10s", names[i]);
+        printf("\n");
+        for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++) {
+            const int64_t n = sizes[z];
+            float *x = random_floats(n, 4), *y = random_floats(n, 5), *o = random_floats(n, 6);
+            if (!x || !y || !o) {
+                fprintf(stderr, "bench-kernels: out of memory\n");
+                return 1;
+            }
+            printf("%-32lld", (long long)n);
+            for (int i = 0; i < nb; i++) {
+                elem_args e = {tables[i], op, n, x, y, o};
+                double t = time_call(run_elem, &e);
+                if (isnan(t))
+                    printf(" %10s", "fallback");
+                else
+                    printf(" %10.2f", (op == 0 ? 12.0 : 8.0) * (double)n / t * 1e-9);
+                fflush(stdout);
+            }
+            printf("\n");
+            free(x);
+            free(y);
+            free(o);
+        }
+    }
+    printf("\n\"fallback\": the slot is NULL or declined the call (the reference backend would serve it).\n");
+    return 0;
+}
