@@ -86,7 +86,7 @@ ms_tensor *ms_stop_gradient(const ms_tensor *t)
 
 /* ------------------------------------------------------------- ms_grad */
 
-enum { MARK_WRT = 1, MARK_RELEVANT = 2 };
+enum { MARK_WRT = 1, MARK_RELEVANT = 2, MARK_REACH = 4 };
 
 static bool same_shape_t(const ms_tensor *a, const ms_tensor *b)
 {
@@ -300,12 +300,24 @@ ms_status ms_grad_seeded(const ms_tensor *y, const ms_tensor *seed, const ms_con
     ms_tensor *yy = (ms_tensor *)y;
     if (yy->requires_grad && !collect(yy, &s, gen))
         st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
-    /* y reaches a tensor whose node an earlier ms_grad (create_graph false)
-     * freed: what lay below it is unknown, so its gradient cannot be trusted */
-    for (size_t k = 0; st == MS_OK && k < s.n; k++)
-        if (s.order[k]->graph_freed && !(s.order[k]->pending & MARK_WRT))
+    /* A tensor whose node an earlier ms_grad (create_graph false) freed hides
+     * what lay below it: when y reaches it other than through a wrt tensor,
+     * the gradients would silently miss that part, so refuse. */
+    if (st == MS_OK && s.n)
+        s.order[s.n - 1]->pending |= MARK_REACH; /* y: the DFS root comes last */
+    for (size_t k = s.n; st == MS_OK && k-- > 0;) {
+        ms_tensor *t = s.order[k];
+        if (!(t->pending & MARK_REACH) || (t->pending & MARK_WRT))
+            continue;
+        if (t->graph_freed)
             st = ms__fail(MS_ERR_GRAPH, "%s: y depends on a tensor whose graph was already "
                           "consumed by an ms_grad without create_graph", fn);
+        for (int j = 0; t->node && j < node_arity(t->node); j++) {
+            ms_tensor *in = node_input(t->node, j);
+            if (in)
+                in->pending |= MARK_REACH;
+        }
+    }
     if (st == MS_OK && yy->requires_grad) {
         yy->gacc = seed ? ms_reshape(seed, y->ndim, y->shape) : ms_ones(y->dtype, y->ndim, y->shape);
         st = yy->gacc ? backward_sweep(&s, create_graph) : ms_last_error(NULL);

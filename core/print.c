@@ -4,6 +4,7 @@
  * point, scientific notation when magnitudes span more than 1e3 or reach
  * 1e8 (1e6 for float32) or fall below 1e-4, rows wrapped at 75 characters. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,46 @@
 
 #define PREFIX "ivy.array("
 #define LINE_WIDTH 75
-#define PRECISION 8
+/* Ivy's ivy.array_decimal_values and ivy.array_significant_figures */
+static atomic_int decimal_values = 8, significant_figures = 10;
+#define PRECISION (atomic_load_explicit(&decimal_values, memory_order_relaxed))
+
+ms_status ms_set_print_options(int sig_figs, int decimals)
+{
+    if (sig_figs < 0 || sig_figs > 17 || decimals < 0 || decimals > 17)
+        return ms__fail(MS_ERR_INVALID_ARG, "ms_set_print_options: significant figures %d and "
+                        "decimal values %d must be in [0, 17]", sig_figs, decimals);
+    atomic_store(&significant_figures, sig_figs);
+    atomic_store(&decimal_values, decimals);
+    return MS_OK;
+}
+
+void ms_get_print_options(int *sig_figs, int *decimals)
+{
+    if (sig_figs)
+        *sig_figs = atomic_load(&significant_figures);
+    if (decimals)
+        *decimals = atomic_load(&decimal_values);
+}
+
+/* Ivy rounds every value to its significant figures in float64 before
+ * NumPy prints it (ivy.vec_sig_fig); the rounded values then print as
+ * float64 whatever the tensor's dtype. */
+static ms_dtype print_dtype(const ms_tensor *t)
+{
+    return atomic_load_explicit(&significant_figures, memory_order_relaxed) ? MS_F64 : t->dtype;
+}
+
+static double sig_fig(double v)
+{
+    int sf = atomic_load_explicit(&significant_figures, memory_order_relaxed);
+    if (!sf || !isfinite(v) || v == 0)
+        return v;
+    double mags = pow(10.0, sf - 1 - floor(log10(fabs(v))));
+    if (!isfinite(mags) || !isfinite(v * mags))
+        return v;
+    return nearbyint(v * mags) / mags; /* NumPy's round: half to even */
+}
 
 typedef struct fmt {
     bool sci;
@@ -23,8 +63,8 @@ typedef struct fmt {
 
 static double value_at(const ms_tensor *t, int64_t i)
 {
-    return t->dtype == MS_F32 ? (double)((const float *)t->data)[i]
-                              : ((const double *)t->data)[i];
+    return sig_fig(t->dtype == MS_F32 ? (double)((const float *)t->data)[i]
+                                      : ((const double *)t->data)[i]);
 }
 
 /* Fewest significant digits (1..17) that read back as v in its dtype. */
@@ -114,7 +154,7 @@ static fmt make_format(const ms_tensor *t)
         }
     }
     /* NumPy's cutoff is 10**min(8, finfo(dtype).precision): 1e6 for float32 */
-    double cutoff = t->dtype == MS_F32 ? 1e6 : 1e8;
+    double cutoff = print_dtype(t) == MS_F32 ? 1e6 : 1e8;
     if (maxv > 0 && (maxv >= cutoff || minv < 1e-4 || maxv / minv > 1e3))
         f.sci = true;
     char buf[128];
@@ -123,14 +163,14 @@ static fmt make_format(const ms_tensor *t)
         if (!isfinite(v))
             continue;
         if (f.sci) {
-            scientific(v, t->dtype, buf, sizeof buf);
+            scientific(v, print_dtype(t), buf, sizeof buf);
             char *dot = strchr(buf, '.'), *e = strchr(buf, 'e');
             int il = (int)(dot - buf), fl = (int)(e - dot - 1), el = (int)strlen(e + 2);
             f.pad_left = il > f.pad_left ? il : f.pad_left;
             f.sci_digits = fl > f.sci_digits ? fl : f.sci_digits;
             f.exp_width = el > f.exp_width ? el : f.exp_width;
         } else {
-            positional(v, t->dtype, buf, sizeof buf);
+            positional(v, print_dtype(t), buf, sizeof buf);
             char *dot = strchr(buf, '.');
             int il = (int)(dot - buf), fl = (int)strlen(dot + 1);
             f.pad_left = il > f.pad_left ? il : f.pad_left;
@@ -157,7 +197,7 @@ static void format_value(const ms_tensor *t, const fmt *f, double v, char *out, 
     if (f->sci) {
         /* the mantissa fraction is zero-padded to a common length (NumPy's
          * min_digits), the exponent to a common width */
-        scientific(v, t->dtype, core, sizeof core);
+        scientific(v, print_dtype(t), core, sizeof core);
         char *e = strchr(core, 'e');
         char *dot = strchr(core, '.');
         int fl = (int)(e - dot - 1), il = (int)(dot - core);
@@ -166,7 +206,7 @@ static void format_value(const ms_tensor *t, const fmt *f, double v, char *out, 
                  f->sci_digits - fl, "00000000", ex < 0 ? '-' : '+', f->exp_width, abs(ex));
         return;
     }
-    positional(v, t->dtype, core, sizeof core);
+    positional(v, print_dtype(t), core, sizeof core);
     char *dot = strchr(core, '.');
     int il = (int)(dot - core), fl = (int)strlen(dot + 1);
     snprintf(out, cap, "%*s%s%*s", f->pad_left - il, "", core, f->pad_right - fl, "");

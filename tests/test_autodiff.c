@@ -287,6 +287,8 @@ static const gcase cases[] = {
     {.name = "slice axis 0 [-3,100)", .fn = f_slice, .nin = 1, .nd = {2}, .sh = {{4, 5}}, .ax = {0, -3, 100}},
     {.name = "slice axis -1 [0,2)", .fn = f_slice, .nin = 1, .nd = {3}, .sh = {{2, 3, 4}}, .ax = {-1, 0, 2}},
     {.name = "repeat axis 1 x3", .fn = f_repeat, .nin = 1, .nd = {2}, .sh = {{2, 3}}, .ax = {1, 3}},
+    {.name = "repeat axis 0 x0 (empty)", .fn = f_repeat, .nin = 1, .nd = {2}, .sh = {{2, 3}}, .ax = {0, 0}},
+    {.name = "slice empty [3,1)", .fn = f_slice, .nin = 1, .nd = {2}, .sh = {{4, 5}}, .ax = {1, 3, 1}},
     {.name = "repeat axis 0 x2", .fn = f_repeat, .nin = 1, .nd = {3}, .sh = {{2, 3, 2}}, .ax = {0, 2}},
     {.name = "broadcast_to (3,1)->(2,3,4)", .fn = f_broadcast_to, .nin = 1, .nd = {2}, .sh = {{3, 1}}, .na = 3,
      .ax = {2, 3, 4}},
@@ -738,6 +740,23 @@ START_TEST(consumed_graph)
     ck_assert_int_eq(ms_grad(y2, c, false, &g), MS_ERR_GRAPH); /* never a silent zero */
     ck_assert_ptr_null(g);
     ms_clear_error();
+    /* ... but a consumed tensor reached only through a wrt tensor is harmless */
+    ms_container *cz = ms_container_new();
+    ms_container_set(cz, "z", z);
+    assert_ok(ms_grad(ms_sum(ms_mul_scalar(z, 3.0), 0, NULL, false), cz, false, &g), "wrt z");
+    static const double three[3] = {3, 3, 3};
+    check_vals(ms_container_get(g, "z"), 3, three, "dy/dz");
+    ms_container_release(g);
+    ms_tensor *u = ms_add_scalar(z, 1.0); /* u = x^2 + 1, below it the consumed z */
+    ms_container *cu = ms_container_new();
+    ms_container_set(cu, "u", u);
+    assert_ok(ms_grad(ms_sum(ms_square(u), 0, NULL, false), cu, false, &g), "wrt u");
+    static const double two_u[3] = {4, 10, 20};
+    check_vals(ms_container_get(g, "u"), 3, two_u, "dy/du");
+    ms_container_release(g);
+    ms_container_release(cu);
+    ms_container_release(cz);
+    ms_clear_error();
     ms_container_release(c);
     ms_scope_pop();
 }
@@ -1001,6 +1020,30 @@ START_TEST(accumulation)
 }
 END_TEST
 
+/* concat of more inputs than a node's fixed slots, some repeated */
+START_TEST(concat_many_inputs)
+{
+    ms_scope_push();
+    static const double xd[2] = {1, -2}, yd[1] = {5};
+    ms_container *c = ms_container_new(), *g = NULL;
+    ms_container_set(c, "x", ms_variable(vec(2, xd)));
+    ms_container_set(c, "y", ms_variable(vec(1, yd)));
+    ms_tensor *x = ms_container_get(c, "x"), *y = ms_container_get(c, "y");
+    ms_tensor *parts[6] = {x, ms_mul_scalar(x, 2), y, x, ms_mul_scalar(x, 3), vec(2, xd)};
+    ms_tensor *cat = ms_concat(6, parts, 0);
+    ck_assert_int_eq(ms_tensor_numel(cat), 11);
+    static const double sd[11] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    assert_ok(ms_grad_seeded(cat, vec(11, sd), c, true, &g), "grad");
+    /* x: s[0:2] + 2 s[2:4] + s[5:7] + 3 s[7:9]; y: s[4] */
+    static const double gx[2] = {1 + 6 + 6 + 24, 2 + 8 + 7 + 27}, gy[1] = {5};
+    check_vals(ms_container_get(g, "x"), 2, gx, "dx");
+    check_vals(ms_container_get(g, "y"), 1, gy, "dy");
+    ms_container_release(g);
+    ms_container_release(c);
+    ms_scope_pop();
+}
+END_TEST
+
 /* ------------------------------------------------------------ memory */
 
 static int64_t rss_bytes(void)
@@ -1118,6 +1161,7 @@ int main(void)
     tcase_add_test(tc, execute_with_gradients);
     tcase_add_test(tc, grad_after_unrelated_error);
     tcase_add_test(tc, accumulation);
+    tcase_add_test(tc, concat_many_inputs);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("memory");

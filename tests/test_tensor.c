@@ -809,8 +809,8 @@ typedef struct print_case {
 } print_case;
 
 /* Expected texts are NumPy 2's np.array2string(a, separator=', ',
- * prefix='ivy.array(', suffix=')') wrapped in "ivy.array(...)", which is
- * what Ivy's repr prints (the dtype suffix dropped). */
+ * prefix='ivy.array(', suffix=')') wrapped in "ivy.array(...)": what
+ * metastep prints with significant-figure rounding off. */
 static const print_case print_cases[] = {
     {MS_F64, 0, {0}, {1.40069818}, "ivy.array(1.40069818)"},
     {MS_F32, 0, {0}, {0.9880483150482178f}, "ivy.array(0.9880483)"},
@@ -864,8 +864,74 @@ static const print_case print_cases[] = {
     {MS_F64, 0, {0}, {INFINITY}, "ivy.array(inf)"},
 };
 
+/* Ivy's own repr: values rounded to 10 significant figures in float64
+ * (ivy.vec_sig_fig), then NumPy's float64 printing at 8 decimals.  Expected
+ * texts from that procedure run with NumPy 1.26 (the documentation's era);
+ * the first five are the documented meta-step outputs, from the float32
+ * values metastep computes for them. */
+static const print_case ivy_cases[] = {
+    {MS_F32, 0, {0}, {1.400698184967041f}, "ivy.array(1.40069818)"},
+    {MS_F32, 1, {1}, {-1.1372313499450684f}, "ivy.array([-1.13723135])"},
+    {MS_F32, 1, {1}, {-139.9569854736328f}, "ivy.array([-139.9569855])"},
+    {MS_F32, 1, {2}, {-13.017669677734375f, -13.017669677734375f}, "ivy.array([-13.01766968, -13.01766968])"},
+    {MS_F32, 2, {1, 2}, {1.021979570388794f, 2.021979808807373f}, "ivy.array([[1.02197957, 2.02197981]])"},
+    {MS_F32, 0, {0}, {0.9880483150482178f}, "ivy.array(0.98804832)"},
+    {MS_F32, 1, {3}, {1.0f, 2.0f, 3.0f}, "ivy.array([1., 2., 3.])"},
+    {MS_F32, 1, {2}, {0.10000000149011612f, 0.3333333432674408f}, "ivy.array([0.1       , 0.33333334])"},
+    {MS_F64, 1, {2}, {1.5, 2.25}, "ivy.array([1.5 , 2.25])"},
+    {MS_F64, 1, {3}, {1.23456789012345, 1e-05, NAN}, "ivy.array([1.23456789e+00, 1.00000000e-05,            nan])"},
+    {MS_F64, 2, {2, 2}, {7.5, 2.5, 18.0, 3.25}, "ivy.array([[ 7.5 ,  2.5 ],\n           [18.  ,  3.25]])"},
+    {MS_F32, 1, {4}, {-0.8557081818580627f, -2.4879496097564697f, 9.999999717180685e-10f, 0.0f}, "ivy.array([-8.55708182e-01, -2.48794961e+00,  9.99999972e-10,\n            0.00000000e+00])"},
+};
+
+static void check_print(const print_case *c, int i)
+{
+    ms_tensor *t = mk(c->dt, c->ndim, c->shape, c->v);
+    ck_assert_ptr_nonnull(t);
+    char *s = ms_tensor_to_string(t);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_msg(strcmp(s, c->want) == 0, "case %d:\n got: %s\nwant: %s", i, s, c->want);
+    /* fprint writes the same text */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_int_eq(ms_tensor_fprint(f, t), MS_OK);
+    fclose(f);
+    ck_assert_str_eq(buf, c->want);
+    free(buf);
+    free(s);
+}
+
+START_TEST(print_like_ivy)
+{
+    int sf, dec;
+    ms_get_print_options(&sf, &dec);
+    ck_assert_int_eq(sf, 10); /* Ivy's defaults */
+    ck_assert_int_eq(dec, 8);
+    check_print(&ivy_cases[_i], _i);
+}
+END_TEST
+
+START_TEST(print_options)
+{
+    ms_tensor *t = ms_scalar(MS_F64, 3.14159265358979);
+    ck_assert_int_eq(ms_set_print_options(3, 8), MS_OK);
+    char *s = ms_tensor_to_string(t);
+    ck_assert_str_eq(s, "ivy.array(3.14)");
+    free(s);
+    ck_assert_int_eq(ms_set_print_options(0, 2), MS_OK);
+    s = ms_tensor_to_string(t);
+    ck_assert_str_eq(s, "ivy.array(3.14)");
+    free(s);
+    ck_assert_int_eq(ms_set_print_options(-1, 8), MS_ERR_INVALID_ARG);
+    ck_assert_int_eq(ms_set_print_options(10, 18), MS_ERR_INVALID_ARG);
+}
+END_TEST
+
 START_TEST(print_like_numpy)
 {
+    /* significant figures off: NumPy's own printing of the tensor's dtype */
+    ck_assert_int_eq(ms_set_print_options(0, 8), MS_OK);
     const print_case *c = &print_cases[_i];
     ms_tensor *t = mk(c->dt, c->ndim, c->shape, c->v);
     ck_assert_ptr_nonnull(t);
@@ -942,6 +1008,8 @@ int main(void)
     tc = tcase(s, "printing");
     tcase_add_loop_test(tc, print_like_numpy, 0,
                         (int)(sizeof print_cases / sizeof *print_cases));
+    tcase_add_loop_test(tc, print_like_ivy, 0, (int)(sizeof ivy_cases / sizeof *ivy_cases));
+    tcase_add_test(tc, print_options);
     tcase_add_test(tc, print_errors);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

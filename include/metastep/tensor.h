@@ -108,6 +108,17 @@ int64_t ms_live_tensors(void);
 
 /* --- printing in Ivy's layout: ivy.array([1.5 , 2.25]) --- */
 
+/* Like Ivy's ivy.set_array_significant_figures / set_array_decimal_values:
+ * before printing, each value is rounded to `sig_figs` significant figures
+ * in float64 (Ivy's vec_sig_fig) and then printed as NumPy prints float64,
+ * with at most `decimals` fractional digits.  The defaults are Ivy's, 10 and
+ * 8.  sig_figs 0 turns the rounding off: values then print exactly as NumPy
+ * prints an array of the tensor's own dtype (float32 values in their
+ * shortest float32 form).  Process-wide.  MS_ERR_INVALID_ARG outside [0, 17]. */
+ms_status ms_set_print_options(int sig_figs, int decimals);
+/* The current settings (either pointer may be NULL). */
+void ms_get_print_options(int *sig_figs, int *decimals);
+
 /* Writes the tensor followed by nothing (no newline).  Values as NumPy prints
  * them (at most 8 fractional digits, shortest round-trip for the dtype,
  * aligned columns).  Returns MS_ERR_NULL_ARG for NULL arguments. */
