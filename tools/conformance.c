@@ -11,6 +11,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,7 +138,7 @@ static tol tol_for(const char *family, const char *op, ms_dtype dt, double n, do
 
 const char *const conf_families[] = {"unary", "binary",  "reduce", "gemm", "copy",
                                      "softmax", "fill",  "arange", "where", "ops",
-                                     "grad",  "gradcheck"};
+                                     "grad",  "gradcheck", "threads"};
 const int conf_family_count = (int)(sizeof conf_families / sizeof *conf_families);
 
 typedef struct ctx {
@@ -1602,6 +1603,179 @@ static void family_ops(ctx *c, const char *family)
     }
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* threads: kernels must be safe to call from several threads at once        */
+/* ------------------------------------------------------------------------ */
+
+#define NTHREADS 4
+#define THREAD_ITERS 8
+
+typedef enum tkind { TK_TANH, TK_ADD, TK_GEMM, TK_SUM, TK_SOFTMAX, TK_COUNT } tkind;
+static const char *const TK_NAMES[] = {"tanh", "add", "gemm", "sum", "softmax"};
+
+/* One kernel call with its inputs and the reference's output; each thread
+ * has its own jobs, with shapes that differ between threads so that a
+ * backend's caches of per-shape state are created concurrently too. */
+typedef struct tjob {
+    tkind kind;
+    ms_dtype dt;
+    int64_t s; /* the size parameter */
+    void *a, *b, *ref, *out;
+    int64_t nout;
+    tol t;
+    /* results */
+    bool fallback;
+    ms_status st;
+    double worst;
+    int64_t at;
+} tjob;
+
+typedef struct tthread {
+    const ms_backend *cand;
+    tjob jobs[TK_COUNT];
+} tthread;
+
+static ms_status tjob_call(const ms_backend *b, tjob *j, void *out, bool *have)
+{
+    const int64_t s = j->s;
+    switch (j->kind) {
+    case TK_TANH:
+        *have = b->unary != NULL;
+        return *have ? b->unary(MS_UNARY_TANH, j->dt, 37 * s, j->a, out) : MS_ERR_UNSUPPORTED;
+    case TK_ADD: {
+        const int64_t shape[3] = {s, 6, 7}, sa[3] = {42, 7, 1}, sb[3] = {0, 1, 6};
+        *have = b->binary != NULL;
+        return *have ? b->binary(MS_BINARY_ADD, j->dt, 3, shape, j->a, sa, j->b, sb, out)
+                     : MS_ERR_UNSUPPORTED;
+    }
+    case TK_GEMM:
+        *have = b->gemm != NULL;
+        return *have ? b->gemm(j->dt, false, s % 2, 2, s, s + 1, s + 2, 1.0, j->a, s + 2,
+                               s * (s + 2), j->b, s % 2 ? s + 2 : s + 1, 0, 0.0, out, s + 1,
+                               s * (s + 1))
+                     : MS_ERR_UNSUPPORTED;
+    case TK_SUM: {
+        const int64_t shape[2] = {s, 300};
+        *have = b->reduce != NULL;
+        return *have ? b->reduce(MS_REDUCE_SUM, j->dt, 2, shape, 2u, j->a, out)
+                     : MS_ERR_UNSUPPORTED;
+    }
+    case TK_SOFTMAX:
+        *have = b->softmax != NULL;
+        return *have ? b->softmax(j->dt, false, s, 5 + s % 3, 1, j->a, out) : MS_ERR_UNSUPPORTED;
+    default: *have = false; return MS_ERR_UNSUPPORTED;
+    }
+}
+
+static void *tthread_main(void *arg)
+{
+    tthread *t = arg;
+    for (int it = 0; it < THREAD_ITERS; it++) {
+        for (int k = 0; k < TK_COUNT; k++) {
+            tjob *j = &t->jobs[k];
+            if (j->fallback || j->st != MS_OK)
+                continue;
+            bool have;
+            ms_status st = tjob_call(t->cand, j, j->out, &have);
+            if (!have || st == MS_ERR_UNSUPPORTED) {
+                j->fallback = true;
+                continue;
+            }
+            if (st != MS_OK) {
+                j->st = st;
+                continue;
+            }
+            int64_t at;
+            double e = compare(j->dt, j->ref, j->out, j->nout + GUARD, j->t, &at);
+            if (e > j->worst || isnan(e)) {
+                j->worst = e;
+                j->at = at;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void family_threads(ctx *c)
+{
+    for (int dti = 0; dti < 2; dti++) {
+        ms_dtype dt = (ms_dtype)dti;
+        tthread th[NTHREADS];
+        memset(th, 0, sizeof th);
+        for (int i = 0; i < NTHREADS; i++) {
+            th[i].cand = c->cand;
+            for (int k = 0; k < TK_COUNT; k++) {
+                tjob *j = &th[i].jobs[k];
+                j->kind = (tkind)k;
+                j->dt = dt;
+                j->s = (k == TK_GEMM ? 30 : 3) + i;
+                const int64_t s = j->s;
+                int64_t na = 0, nb = 0;
+                double n = 1;
+                switch (j->kind) {
+                case TK_TANH: na = j->nout = 37 * s; break;
+                case TK_ADD: na = s * 42, nb = 42, j->nout = s * 42; break;
+                case TK_GEMM:
+                    na = 2 * s * (s + 2), nb = (s + 2) * (s + 2), j->nout = 2 * s * (s + 1);
+                    n = (double)(s + 2);
+                    break;
+                case TK_SUM: na = s * 300, j->nout = s, n = 300; break;
+                case TK_SOFTMAX: na = j->nout = s * (5 + s % 3); n = 5 + (double)(s % 3); break;
+                default: break;
+                }
+                j->a = rand_buf(c, dt, na, DOM_UNIT);
+                j->b = rand_buf(c, dt, nb, DOM_UNIT);
+                if (!out_pair(c, dt, j->nout, NULL, false, &j->ref, &j->out) || !j->a || !j->b) {
+                    j->st = MS_ERR_NOMEM;
+                    continue;
+                }
+                double scale = j->kind == TK_GEMM ? sqrt(n) / 3 : j->kind == TK_SUM ? sqrt(n / 3) : 0;
+                const char *key = j->kind == TK_GEMM ? "gemm" : TK_NAMES[k];
+                j->t = tol_for("threads", key, dt, n, scale);
+                bool have;
+                j->st = tjob_call(c->ref, j, j->ref, &have);
+            }
+        }
+        pthread_t tid[NTHREADS];
+        bool started[NTHREADS] = {false};
+        for (int i = 0; i < NTHREADS; i++)
+            started[i] = pthread_create(&tid[i], NULL, tthread_main, &th[i]) == 0;
+        for (int i = 0; i < NTHREADS; i++)
+            if (started[i])
+                pthread_join(tid[i], NULL);
+            else
+                tthread_main(&th[i]);
+        for (int k = 0; k < TK_COUNT; k++) {
+            conf_row *row = row_get(c, "threads", TK_NAMES[k], dt);
+            if (!row)
+                break;
+            for (int i = 0; i < NTHREADS; i++) {
+                tjob *j = &th[i].jobs[k];
+                char desc[96];
+                snprintf(desc, sizeof desc, "%d threads x %d calls, thread %d size %lld",
+                         NTHREADS, THREAD_ITERS, i, (long long)j->s);
+                row->cases++;
+                if (j->fallback) {
+                    row->fallback++;
+                    continue;
+                }
+                row->native++;
+                if (j->st != MS_OK) {
+                    row_fail(row, "returned '%s' (%s)", ms_status_string(j->st), desc);
+                    continue;
+                }
+                row_error(row, j->worst, j->t);
+                if (!within(j->worst, j->t))
+                    row_fail(row, "error %.3g > tol %.3g at element %lld: got %.9g, ref %.9g (%s)",
+                             j->worst, j->t.rtol, (long long)j->at, get(dt, j->out, j->at),
+                             get(dt, j->ref, j->at), desc);
+            }
+        }
+        case_end(c);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* driver                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -1653,6 +1827,8 @@ conf_report *conf_run(const char *backend, const char *const *families)
         c.seed = 1 + 100000 * (uint64_t)f; /* the same inputs whether run alone or not */
         if (f < (int)(sizeof kernel_families / sizeof *kernel_families))
             kernel_families[f](&c);
+        else if (strcmp(conf_families[f], "threads") == 0)
+            family_threads(&c);
         else
             family_ops(&c, conf_families[f]);
         case_end(&c);

@@ -9,7 +9,8 @@
  * metastep_set_backend(candidate) and ("ref"), and every differentiable op's
  * float32 gradient is compared the same way ("grad"), and its float64
  * gradient on the candidate against central finite differences
- * ("gradcheck").  Uses only the public headers.
+ * ("gradcheck"); last, a few kernels run on several threads at once
+ * ("threads").  Uses only the public headers.
  */
 #ifndef METASTEP_TOOLS_CONFORMANCE_H
 #define METASTEP_TOOLS_CONFORMANCE_H
@@ -42,7 +43,8 @@ typedef struct conf_report {
     char error[1024];      /* non-empty when the run could not start (load failure) */
 } conf_report;
 
-/* The families, in run order ("unary", ..., "where", "ops", "grad", "gradcheck"). */
+/* The families, in run order ("unary", ..., "where", "ops", "grad", "gradcheck",
+ * "threads": a few kernels called from several threads at once). */
 extern const char *const conf_families[];
 extern const int conf_family_count;
 
