@@ -487,6 +487,7 @@ int cmd_train(int argc, char **argv)
     int rc = parse_train(argc, argv, &c);
     if (rc >= 0)
         return rc;
+    rc = 0;
     const metastep_task *task;
     if (!setup_backend(c.backend))
         return 1;
@@ -587,7 +588,7 @@ int cmd_train(int argc, char **argv)
         }
     }
     double seconds = now() - t0;
-    if (rc != 1)
+    if (rc != 1 && tty)
         progress(&c, step, c.meta_steps, rate, loss, t0, tty, true);
     fclose(log);
     sigaction(SIGINT, &old, NULL);
