@@ -9,6 +9,13 @@
  * exp/relu/max/min/lt/le/gt/ge calls and max/min reductions whose inputs
  * hold a NaN (checked by a scan before the call).
  *
+ * Small problems are declined too: a oneDNN call costs microseconds of
+ * primitive execution and OpenMP fork/join, far more than the reference
+ * loops need for a few thousand elements.  Below METASTEP_ONEDNN_MIN_WORK
+ * elements (default 16384; for gemm, batch*m*n*k below 16 times that) the
+ * call is served by ref; METASTEP_ONEDNN_MIN_WORK=0 sends everything to
+ * oneDNN (the conformance suite does, to check every native path).
+ *
  * Primitives are created once per (kind, op, shapes, strides, parameters)
  * and kept in a mutex-protected hash table until shutdown.  Each call wraps
  * the caller's buffers in fresh dnnl_memory objects and runs on a stream
@@ -35,7 +42,8 @@ static ms_status g_engine_status = MS_ERR_BACKEND;
 static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
 static atomic_bool g_shut_down;
 
-static char g_description[160] = "oneDNN";
+static char g_description[200] = "oneDNN";
+static int64_t g_min_work = 16384;
 static pthread_once_t g_description_once = PTHREAD_ONCE_INIT;
 
 static const char *isa_name(dnnl_cpu_isa_t isa)
@@ -58,10 +66,32 @@ static const char *isa_name(dnnl_cpu_isa_t isa)
 
 static void fill_description(void)
 {
+    const char *env = getenv("METASTEP_ONEDNN_MIN_WORK");
+    if (env && *env) {
+        char *end;
+        long long w = strtoll(env, &end, 10);
+        if (!*end && w >= 0)
+            g_min_work = (int64_t)w;
+    }
     const dnnl_version_t *v = dnnl_version();
     snprintf(g_description, sizeof g_description,
-             "oneDNN %d.%d.%d (%s), float32 kernels; float64 served by ref", v ? v->major : 0,
-             v ? v->minor : 0, v ? v->patch : 0, isa_name(dnnl_get_effective_cpu_isa()));
+             "oneDNN %d.%d.%d (%s), float32 kernels from %lld elements; float64 and smaller "
+             "problems served by ref", v ? v->major : 0, v ? v->minor : 0, v ? v->patch : 0,
+             isa_name(dnnl_get_effective_cpu_isa()), (long long)g_min_work);
+}
+
+/* Too little work to be worth a oneDNN call. */
+static bool too_small(int64_t work, int64_t factor)
+{
+    return work < g_min_work * factor;
+}
+
+static int64_t numel(int ndim, const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+    return n;
 }
 
 static void create_engine(void)
@@ -520,7 +550,7 @@ static ms_status dnnl_gemm_kernel(ms_dtype dt, bool trans_a, bool trans_b, int64
             }
         return MS_OK;
     }
-    if (!engine_ready())
+    if (too_small(batch * m * n * k, 16) || !engine_ready())
         return MS_ERR_UNSUPPORTED;
     if (stride_a < 0 || stride_b < 0 || stride_c <= 0 || lda < 0 || ldb < 0 || ldc < 0)
         return MS_ERR_UNSUPPORTED;
@@ -662,6 +692,8 @@ static ms_status dnnl_unary_kernel(ms_unary_op op, ms_dtype dt, int64_t n, const
         return MS_ERR_UNSUPPORTED;
     if (n <= 0)
         return MS_OK;
+    if (too_small(n, 1))
+        return MS_ERR_UNSUPPORTED;
     unary_params p = {n, dnnl_eltwise_linear, 0.0f, 0.0f};
     switch (op) {
     case MS_UNARY_NEG: break; /* binary multiply, below */
@@ -730,6 +762,8 @@ static ms_status dnnl_binary_kernel(ms_binary_op op, ms_dtype dt, int ndim, cons
     for (int d = 0; d < ndim; d++)
         if (shape[d] == 0)
             return MS_OK;
+    if (too_small(numel(ndim, shape), 1))
+        return MS_ERR_UNSUPPORTED;
 
     binary_params p;
     memset(&p, 0, sizeof p);
@@ -875,7 +909,7 @@ static ms_status dnnl_reduce_kernel(ms_reduce_op op, ms_dtype dt, int ndim, cons
 {
     if (dt != MS_F32)
         return MS_ERR_UNSUPPORTED;
-    if (ndim < 0 || ndim > MS_MAX_DIMS)
+    if (ndim < 0 || ndim > MS_MAX_DIMS || too_small(numel(ndim, shape), 1))
         return MS_ERR_UNSUPPORTED;
     reduce_params p;
     memset(&p, 0, sizeof p);
@@ -980,6 +1014,8 @@ static ms_status dnnl_softmax_kernel(ms_dtype dt, bool log, int64_t outer, int64
         return MS_ERR_UNSUPPORTED;
     if (outer <= 0 || len <= 0 || inner <= 0)
         return MS_OK;
+    if (too_small(outer * len * inner, 1))
+        return MS_ERR_UNSUPPORTED;
     /* Log-softmax needs log(sum): oneDNN 2.6's log is off by up to ~4e-6
      * absolute, too much for log-probabilities near 0 (the reference serves
      * it). */
