@@ -411,7 +411,7 @@ ms_container *ms_container_div(const ms_container *a, const ms_container *b)
     return binary("ms_container_div", a, b, ms_div);
 }
 
-enum unary_kind { U_ADD_SCALAR, U_MUL_SCALAR, U_DIV_SCALAR, U_MEAN, U_SUM, U_EXPAND, U_STOP_GRAD };
+enum unary_kind { U_ADD_SCALAR, U_MUL_SCALAR, U_DIV_SCALAR, U_REPLICATE, U_MEAN, U_SUM, U_EXPAND, U_STOP_GRAD };
 
 static ms_tensor *apply_unary(enum unary_kind k, const ms_tensor *t, double s, int axis)
 {
@@ -419,6 +419,16 @@ static ms_tensor *apply_unary(enum unary_kind k, const ms_tensor *t, double s, i
     case U_ADD_SCALAR: return ms_add_scalar(t, s);
     case U_MUL_SCALAR: return ms_mul_scalar(t, s);
     case U_DIV_SCALAR: return ms_div_scalar(t, s);
+    case U_REPLICATE: {
+        int64_t shape[MS_MAX_DIMS];
+        int nd = ms_tensor_ndim(t);
+        if (nd >= MS_MAX_DIMS) /* let broadcast_to report the rank */
+            return ms_broadcast_to(t, MS_MAX_DIMS + 1, NULL);
+        shape[0] = (int64_t)s;
+        for (int d = 0; d < nd; d++)
+            shape[d + 1] = ms_tensor_shape(t)[d];
+        return ms_broadcast_to(t, nd + 1, shape);
+    }
     case U_MEAN: return ms_mean(t, 1, &axis, false);
     case U_SUM: return ms_sum(t, 1, &axis, false);
     case U_EXPAND: return ms_expand_dims(t, axis);
@@ -458,6 +468,16 @@ ms_container *ms_container_mul_scalar(const ms_container *a, double s)
 ms_container *ms_container_div_scalar(const ms_container *a, double s)
 {
     return unary("ms_container_div_scalar", a, U_DIV_SCALAR, s, 0);
+}
+
+ms_container *ms_container_replicate(const ms_container *c, int64_t n)
+{
+    if (n < 1) {
+        ms__fail(MS_ERR_INVALID_ARG, "ms_container_replicate: n is %lld; it must be >= 1",
+                 (long long)n);
+        return NULL;
+    }
+    return unary("ms_container_replicate", c, U_REPLICATE, (double)n, 0);
 }
 
 ms_container *ms_container_mean(const ms_container *c, int axis)

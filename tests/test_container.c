@@ -560,6 +560,19 @@ START_TEST(expand_dims)
 }
 END_TEST
 
+START_TEST(replicate)
+{
+    ms_container *c = net();
+    ms_container *r = ms_container_replicate(c, 2);
+    check_leaf(r, "layer1/w", 3, (int64_t[]){2, 2, 2}, (double[]){1, 2, 3, 4, 1, 2, 3, 4});
+    check_leaf(r, "layer2/b", 2, (int64_t[]){2, 1}, (double[]){0.25, 0.25});
+    ms_container_release(r);
+    ck_assert_ptr_null(ms_container_replicate(c, 0));
+    check_error(MS_ERR_INVALID_ARG, "ms_container_replicate");
+    ms_container_release(c);
+}
+END_TEST
+
 START_TEST(stop_gradient)
 {
     ms_container *c = net();
@@ -787,6 +800,7 @@ int main(void)
     tcase_add_test(tc, identical_structure);
     tcase_add_test(tc, print_ivy_layout);
     tcase_add_test(tc, ownership);
+    tcase_add_test(tc, replicate);
     suite_add_tcase(s, tc);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

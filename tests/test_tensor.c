@@ -932,21 +932,7 @@ START_TEST(print_like_numpy)
 {
     /* significant figures off: NumPy's own printing of the tensor's dtype */
     ck_assert_int_eq(ms_set_print_options(0, 8), MS_OK);
-    const print_case *c = &print_cases[_i];
-    ms_tensor *t = mk(c->dt, c->ndim, c->shape, c->v);
-    ck_assert_ptr_nonnull(t);
-    char *s = ms_tensor_to_string(t);
-    ck_assert_ptr_nonnull(s);
-    ck_assert_msg(strcmp(s, c->want) == 0, "case %d:\n got: %s\nwant: %s", _i, s, c->want);
-    /* fprint writes the same text */
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    ck_assert_int_eq(ms_tensor_fprint(f, t), MS_OK);
-    fclose(f);
-    ck_assert_str_eq(buf, c->want);
-    free(buf);
-    free(s);
+    check_print(&print_cases[_i], _i);
 }
 END_TEST
 

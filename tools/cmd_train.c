@@ -116,26 +116,6 @@ static int fail_ms(const char *what)
     return 1;
 }
 
-/* Per-task copies (T, ...) of shared variables, for batched meta steps. */
-static ms_container *replicate(const ms_container *v, int64_t tasks)
-{
-    ms_container *r = ms_container_new();
-    for (int i = 0; r && i < ms_container_size(v); i++) {
-        const ms_tensor *t = ms_container_at(v, i);
-        int64_t s[MS_MAX_DIMS];
-        s[0] = tasks;
-        for (int d = 0; d < ms_tensor_ndim(t); d++)
-            s[d + 1] = ms_tensor_shape(t)[d];
-        ms_tensor *b = ms_broadcast_to(t, ms_tensor_ndim(t) + 1, s);
-        if (!b || ms_container_set(r, ms_container_key(v, i), b) != MS_OK) {
-            ms_container_release(r);
-            return NULL;
-        }
-        if (ms_scope_depth() == 0)
-            ms_release(b);
-    }
-    return r;
-}
 
 static bool setup_backend(const char *backend)
 {
@@ -357,7 +337,7 @@ static ms_status load_checkpoint(const config *c, ms_container **vars, metastep_
 static ms_status meta_step(const config *c, const metastep_task *task, const ms_container *batch,
                            const ms_container *vars, metastep_result *r)
 {
-    ms_container *v = c->batched ? replicate(vars, c->meta_batch) : ms_container_copy(vars);
+    ms_container *v = c->batched ? ms_container_replicate(vars, c->meta_batch) : ms_container_copy(vars);
     if (!v)
         return ms_last_error(NULL);
     ms_status st;

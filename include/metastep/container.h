@@ -82,6 +82,10 @@ ms_status ms_container_unstack(const ms_container *c, bool keepdims, int *n,
 /* Concatenate n containers with identical key chains leafwise along axis. */
 ms_container *ms_container_concat(int n, ms_container *const *cs, int axis);
 ms_container *ms_container_expand_dims(const ms_container *c, int axis);
+/* Every leaf gains a leading axis of size n holding n copies of it: the
+ * per-task variables of a batched meta step (Ivy's
+ * ivy.repeat(x[None], n, axis=0) on every leaf).  n >= 1. */
+ms_container *ms_container_replicate(const ms_container *c, int64_t n);
 ms_container *ms_container_stop_gradient(const ms_container *c);
 /* Same key chains, shapes and values within rtol/atol (NumPy allclose). */
 bool ms_container_allclose(const ms_container *a, const ms_container *b, double rtol,

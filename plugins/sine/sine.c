@@ -122,23 +122,6 @@ static ms_container *sample(int num_tasks, int k, uint64_t seed, ms_dtype dt)
     return b;
 }
 
-/* Per-task copies (T, ...) of shared variables. */
-static ms_container *replicate(const ms_container *v, int64_t tasks)
-{
-    ms_container *r = ms_container_new();
-    for (int i = 0; r && i < ms_container_size(v); i++) {
-        const ms_tensor *t = ms_container_at(v, i);
-        int64_t s[MS_MAX_DIMS];
-        s[0] = tasks;
-        for (int d = 0; d < ms_tensor_ndim(t); d++)
-            s[d + 1] = ms_tensor_shape(t)[d];
-        if (put(r, ms_container_key(v, i), ms_broadcast_to(t, ms_tensor_ndim(t) + 1, s))) {
-            ms_container_release(r);
-            return NULL;
-        }
-    }
-    return r;
-}
 
 static ms_tensor *support_of(const ms_container *v, void *batch)
 {
@@ -155,7 +138,7 @@ static ms_status evaluate(const ms_container *variables, int num_tasks, int k, d
                                "k %d)", num_tasks, k);
     *out = (metastep_eval){.steps = {0, 1, 10}, .has_accuracy = false};
     ms_container *batch = sample(num_tasks, k, seed, dt);
-    ms_container *v = batch ? replicate(variables, num_tasks) : NULL;
+    ms_container *v = batch ? ms_container_replicate(variables, num_tasks) : NULL;
     ms_status st = v ? MS_OK : ms_last_error(NULL);
     int point = 0;
     for (int step = 0; st == MS_OK && step <= 10; step++) {
