@@ -46,7 +46,10 @@ static ms_container *apply(const char *fn, const metastep_optimizer *o, moments 
         goto fail;
     }
     int t = s ? s->t + 1 : 0;
-    for (int i = 0; i < ms_container_size(w); i++) {
+    /* intermediates go with this scope; the containers keep the results */
+    ms_scope_push();
+    bool ok = true;
+    for (int i = 0; ok && i < ms_container_size(w); i++) {
         const char *key = ms_container_key(w, i);
         ms_tensor *state[2] = {NULL, NULL};
         if (s && s->m && ms_container_has(s->m, key))
@@ -54,13 +57,13 @@ static ms_container *apply(const char *fn, const metastep_optimizer *o, moments 
         if (s && s->v && ms_container_has(s->v, key))
             state[1] = ms_container_get(s->v, key);
         ms_tensor *nw = update(o, ms_container_at(w, i), ms_container_get(g, key), lr, t, state);
-        if (ms__container_adopt(out, fn, key, maybe_detach(nw, stop)) != MS_OK)
-            goto fail;
-        if (s && state[0] && ms__container_adopt(nm, fn, key, maybe_detach(state[0], stop)))
-            goto fail;
-        if (s && state[1] && ms__container_adopt(nv, fn, key, maybe_detach(state[1], stop)))
-            goto fail;
+        ok = ms__container_adopt(out, fn, key, maybe_detach(nw, stop)) == MS_OK &&
+             (!s || !state[0] || ms__container_adopt(nm, fn, key, maybe_detach(state[0], stop)) == MS_OK) &&
+             (!s || !state[1] || ms__container_adopt(nv, fn, key, maybe_detach(state[1], stop)) == MS_OK);
     }
+    ms_scope_pop();
+    if (!ok)
+        goto fail;
     if (s) {
         ms_container_release(s->m);
         ms_container_release(s->v);

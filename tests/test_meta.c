@@ -856,7 +856,11 @@ START_TEST(memory_thousand_meta_steps)
         ck_assert_int_eq(ms_live_tensors(), live);
     }
     long grown = rss_kib() - rss0;
+#ifndef __SANITIZE_ADDRESS__ /* ASan's quarantine keeps freed memory resident */
     ck_assert_msg(grown < 1024, "RSS grew by %ld KiB over 900 meta steps", grown);
+#else
+    (void)grown;
+#endif
     ms_container_release(b);
     ms_container_release(v);
 }
