@@ -130,7 +130,7 @@ static ms_tensor *node_input(const ms_node *n, int i)
  * post-order; each gets one reference held until the sweep ends, so freeing
  * nodes as the sweep goes cannot free a tensor still to be visited.  A tensor
  * is "relevant" when a wrt tensor is reachable from it. */
-static bool collect(ms_tensor *y, sweep *s, uint64_t gen)
+static bool collect(ms_tensor *y, sweep *s, uint64_t gen, uint64_t min_seq)
 {
     ms_tensor **stack = NULL;
     int *child = NULL;
@@ -150,7 +150,8 @@ static bool collect(ms_tensor *y, sweep *s, uint64_t gen)
         int i = child[sn - 1]++;
         if (t->node && i < node_arity(t->node)) {
             ms_tensor *in = node_input(t->node, i);
-            if (in && in->visit != gen) {
+            /* older than every wrt tensor: no path to one below it */
+            if (in && in->visit != gen && in->seq >= min_seq) {
                 in->visit = gen;
                 ok = push(&stack, &sn, &scap, in);
                 if (ok && scap > ccap) {
@@ -293,12 +294,16 @@ ms_status ms_grad_seeded(const ms_tensor *y, const ms_tensor *seed, const ms_con
     }
     if (!create_graph)
         ms_no_grad_push();
-    for (int i = 0; i < nw; i++)
-        ms_container_at(wrt, i)->pending |= MARK_WRT;
+    uint64_t min_seq = UINT64_MAX;
+    for (int i = 0; i < nw; i++) {
+        ms_tensor *w = ms_container_at(wrt, i);
+        w->pending |= MARK_WRT;
+        min_seq = w->seq < min_seq ? w->seq : min_seq;
+    }
     sweep s = {NULL, 0, 0};
     uint64_t gen = atomic_fetch_add(&visit_gen, 1) + 1;
     ms_tensor *yy = (ms_tensor *)y;
-    if (yy->requires_grad && !collect(yy, &s, gen))
+    if (yy->requires_grad && !collect(yy, &s, gen, min_seq))
         st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
     /* A tensor whose node an earlier ms_grad (create_graph false) freed hides
      * what lay below it: when y reaches it other than through a wrt tensor,

@@ -30,6 +30,10 @@ struct ms_tensor {
     bool requires_grad;     /* a variable, or computed from one with recording on */
     bool graph_freed;       /* its graph was consumed by ms_grad(create_graph=false) */
     struct ms_node *node;   /* the op that produced it (NULL for leaves) */
+    /* creation order, process-wide: a tensor's inputs always come before
+     * it, so ms_grad need not look below the oldest tensor it differentiates
+     * with respect to */
+    uint64_t seq;
     /* scratch used by ms_grad while it runs */
     uint64_t visit;
     ms_tensor *gacc;
