@@ -192,32 +192,12 @@ static int parse_mode(const char *s, size_t len)
 
 /* ----------------------------------------------------------- the step */
 
-/* Per-task copies (T, ...) of shared variables, as `metastep train --batched`. */
-static ms_container *replicate(const ms_container *v, int64_t tasks)
-{
-    ms_container *r = ms_container_new();
-    for (int i = 0; r && i < ms_container_size(v); i++) {
-        const ms_tensor *t = ms_container_at(v, i);
-        int64_t s[MS_MAX_DIMS];
-        s[0] = tasks;
-        for (int d = 0; d < ms_tensor_ndim(t); d++)
-            s[d + 1] = ms_tensor_shape(t)[d];
-        ms_tensor *b = ms_broadcast_to(t, ms_tensor_ndim(t) + 1, s);
-        if (!b || ms_container_set(r, ms_container_key(v, i), b) != MS_OK) {
-            ms_container_release(r);
-            return NULL;
-        }
-        if (ms_scope_depth() == 0)
-            ms_release(b);
-    }
-    return r;
-}
 
 /* One meta-step as tools/cmd_train.c makes it: meta step, then Adam. */
 static bool one_step(run *r, algo a, int steps, bool batched, const ms_container *batch)
 {
     ms_scope_push();
-    ms_container *v = batched ? replicate(r->vars, META_BATCH) : ms_container_copy(r->vars);
+    ms_container *v = batched ? ms_container_replicate(r->vars, META_BATCH) : ms_container_copy(r->vars);
     metastep_result res = {0};
     ms_status st = v ? MS_OK : ms_last_error(NULL);
     if (st == MS_OK && a == ALGO_REPTILE) {
