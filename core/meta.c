@@ -25,6 +25,10 @@ typedef struct meta_cfg {
     int num_tasks;
     bool stop;
     void *user;
+    /* second order, unbatched: differentiate each task's cost as soon as its
+     * inner loop ends (the gradient of the mean is the mean of the
+     * gradients), so only one task's graph is alive at a time */
+    const ms_container *per_task_wrt;
 } meta_cfg;
 
 typedef struct task_out {
@@ -322,13 +326,21 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
         task_out o = {NULL, NULL, NULL};
         st = ob ? train_task(c, ib, ob, variables, t, &o) : ms_last_error(NULL);
         if (st == MS_OK) {
-            carry(&total, total ? ms_add(total, o.cost) : o.cost);
-            if (c->order == 1) {
+            if (c->per_task_wrt) {
+                swap_in(&o.grads, NULL);
+                st = ms_grad(o.cost, c->per_task_wrt, false, &o.grads);
+                carry(&o.cost, ms_stop_gradient(o.cost));
+                swap_in(&o.vars, ms_container_stop_gradient(o.vars));
+            }
+            if (st == MS_OK)
+                carry(&total, total ? ms_add(total, o.cost) : o.cost);
+            if (st == MS_OK && (c->order == 1 || c->per_task_wrt)) {
                 ms_container *s = gsum ? ms_container_add(gsum, o.grads) : ms_container_copy(o.grads);
                 st = s ? MS_OK : ms_last_error(NULL);
                 swap_in(&gsum, s);
             }
-            if (ret == METASTEP_RETURN_INNER_ALL || (ret == METASTEP_RETURN_INNER_FIRST && t == 0)) {
+            if (st == MS_OK &&
+                (ret == METASTEP_RETURN_INNER_ALL || (ret == METASTEP_RETURN_INNER_FIRST && t == 0))) {
                 adapted[nadapted++] = o.vars;
                 o.vars = NULL;
             }
@@ -343,7 +355,7 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
     free(subs);
     if (st == MS_OK) {
         *cost = ms_retain(ms_div_scalar(total, (double)c->num_tasks));
-        if (c->order == 1)
+        if (c->order == 1 || c->per_task_wrt)
             *grads = ms_container_div_scalar(gsum, (double)c->num_tasks);
         if (nadapted) {
             ms_container *all = ms_container_concat(nadapted, adapted, 0);
@@ -351,7 +363,7 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
             if (!c->stop)
                 ms_container_release(all);
         }
-        if (!*cost || (c->order == 1 && !*grads) || (nadapted && !*inner_v))
+        if (!*cost || ((c->order == 1 || c->per_task_wrt) && !*grads) || (nadapted && !*inner_v))
             st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
     }
     for (int i = 0; i < nadapted; i++)
@@ -539,11 +551,15 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     ms_container *vars = ov && c.outer_v ? ms_container_set_at_key_chains(variables, ov) : NULL;
     st = ms_last_error(NULL);
     ms_tensor *cost = NULL;
-    ms_container *grads = NULL, *unused = NULL, *inner_v = NULL;
+    ms_container *grads = NULL, *inner_v = NULL;
+    /* The returned cost keeps its graph when stop_gradients is off, so only
+     * then is the whole procedure differentiated at once. */
+    if (!c.batched && stop)
+        c.per_task_wrt = ov;
     if (st == MS_OK)
         st = train_tasks(&c, batch, vars ? vars : ov, o.inner_batch_fn, o.outer_batch_fn,
-                         o.return_inner_v, &cost, &unused, &inner_v);
-    if (st == MS_OK)
+                         o.return_inner_v, &cost, &grads, &inner_v);
+    if (st == MS_OK && !c.per_task_wrt)
         st = ms_grad(cost, ov, false, &grads);
     if (st == MS_OK && c.batched) {
         swap_in(&grads, ms_container_sum(grads, 0));
@@ -553,7 +569,6 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     if (st == MS_OK && inner_v && stop)
         swap_in(&inner_v, ms_container_stop_gradient(inner_v));
     st = finish(&c, st, cost, grads, inner_v, out);
-    ms_container_release(unused);
     ms_container_release(vars);
     ms_container_release(ov);
     ms_container_release(sel);
