@@ -202,11 +202,14 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
             if (inner_is_outer) {
                 if (c->order == 1) /* the update direction is also the contribution */
                     st = keep_contribution(o, ms_container_copy(g), &count, c->avg);
-            } else {
-                st = outer_cost(c, ofn, outer_batch, vars, c->avg, o, &count, &cost, i, task);
+            } else if (c->avg) {
+                /* Ivy computes this step's outer cost (and, first order, its
+                 * gradient) at every step, but uses them only when averaging
+                 * across steps: otherwise they are skipped */
+                st = outer_cost(c, ofn, outer_batch, vars, true, o, &count, &cost, i, task);
             }
         }
-        if (st == MS_OK)
+        if (st == MS_OK && c->avg)
             carry(&total, total ? ms_add(total, cost) : cost);
         if (st == MS_OK) {
             ms_container *upd = opt->step(opt, state, iv, g, c->lr, c->stop);

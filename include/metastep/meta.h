@@ -8,6 +8,9 @@
  * return a one-element tensor (owned by the current scope, as every op
  * result); they never free intermediates: the meta steps open their own
  * scopes and return memory per task and per inner step.
+ * The outer cost is evaluated at the intermediate inner steps only when
+ * average_across_steps asks for it (Ivy evaluates and discards it), so a cost
+ * function should not count on being called a fixed number of times.
  * The caller's batch and variables are never modified.  On failure the
  * result is left empty (all NULL) and the status says why, with a message
  * in ms_last_error().
