@@ -473,7 +473,7 @@ int cmd_train(int argc, char **argv)
         return 1;
     if (metastep_load_task(c.task, &task) != MS_OK)
         return fail_ms("cannot load the task plugin");
-    if (mkdir(c.out, 0777) != 0 && errno != EEXIST) {
+    if (!util_mkdirs(c.out)) {
         fprintf(stderr, "metastep train: cannot create %s: %s\n", c.out, strerror(errno));
         return 1;
     }

@@ -17,6 +17,9 @@ bool util_int(const char *s, int lo, int hi, int *out);
 bool util_long(const char *s, long lo, long hi, long *out);
 /* Parse a whole finite floating-point number; false otherwise. */
 bool util_double(const char *s, double *out);
+/* Create a directory and its missing parents (mkdir -p); false with errno
+ * set when one cannot be created. */
+bool util_mkdirs(const char *path);
 /* Element i of a tensor as double (any dtype). */
 double util_value(const ms_tensor *t, int64_t i);
 
