@@ -76,11 +76,9 @@ static ms_container *as_variables(const ms_container *c)
     ms_container *out = ms_container_new();
     for (int i = 0; out && i < ms_container_size(c); i++) {
         ms_tensor *t = ms_container_at(c, i);
-        ms_tensor *v = ms_requires_grad(t) ? ms_retain(t) : ms_variable(t);
-        ms_status st = ms_requires_grad(t) ? ms_container_set(out, ms_container_key(c, i), v)
-                                           : ms__container_adopt(out, "meta", ms_container_key(c, i), v);
-        if (ms_requires_grad(t))
-            ms_release(v);
+        const char *key = ms_container_key(c, i);
+        ms_status st = ms_requires_grad(t) ? ms_container_set(out, key, t)
+                                           : ms__container_adopt(out, "meta", key, ms_variable(t));
         if (st != MS_OK) {
             ms_container_release(out);
             return NULL;
