@@ -40,13 +40,16 @@ ms_tensor *ms__record(ms_tensor *y, const char *op, ms_backward_fn bw, const ms_
     n->op = op;
     n->backward = bw;
     const ms_tensor *in[MS_NODE_MAX_IN] = {a, b, c};
+    uint64_t level = 0;
     for (int i = 0; i < MS_NODE_MAX_IN; i++) {
         if (in[i]) {
             n->in[i] = ms_retain((ms_tensor *)in[i]);
             n->need[i] = in[i]->requires_grad;
             n->nin = i + 1;
+            level = in[i]->level > level ? in[i]->level : level;
         }
     }
+    y->level = level + 1;
     n->s = s;
     for (int i = 0; i < niarg && i < MS_MAX_DIMS + 2; i++)
         n->iarg[i] = iarg[i];
@@ -130,7 +133,7 @@ static ms_tensor *node_input(const ms_node *n, int i)
  * post-order; each gets one reference held until the sweep ends, so freeing
  * nodes as the sweep goes cannot free a tensor still to be visited.  A tensor
  * is "relevant" when a wrt tensor is reachable from it. */
-static bool collect(ms_tensor *y, sweep *s, uint64_t gen, uint64_t min_seq)
+static bool collect(ms_tensor *y, sweep *s, uint64_t gen, uint64_t min_level)
 {
     ms_tensor **stack = NULL;
     int *child = NULL;
@@ -150,8 +153,8 @@ static bool collect(ms_tensor *y, sweep *s, uint64_t gen, uint64_t min_seq)
         int i = child[sn - 1]++;
         if (t->node && i < node_arity(t->node)) {
             ms_tensor *in = node_input(t->node, i);
-            /* older than every wrt tensor: no path to one below it */
-            if (in && in->visit != gen && in->seq >= min_seq) {
+            /* shallower than every wrt tensor: no path to one below it */
+            if (in && in->visit != gen && in->level >= min_level) {
                 in->visit = gen;
                 ok = push(&stack, &sn, &scap, in);
                 if (ok && scap > ccap) {
@@ -294,16 +297,16 @@ ms_status ms_grad_seeded(const ms_tensor *y, const ms_tensor *seed, const ms_con
     }
     if (!create_graph)
         ms_no_grad_push();
-    uint64_t min_seq = UINT64_MAX;
+    uint64_t min_level = UINT64_MAX;
     for (int i = 0; i < nw; i++) {
         ms_tensor *w = ms_container_at(wrt, i);
         w->pending |= MARK_WRT;
-        min_seq = w->seq < min_seq ? w->seq : min_seq;
+        min_level = w->level < min_level ? w->level : min_level;
     }
     sweep s = {NULL, 0, 0};
     uint64_t gen = atomic_fetch_add(&visit_gen, 1) + 1;
     ms_tensor *yy = (ms_tensor *)y;
-    if (yy->requires_grad && !collect(yy, &s, gen, min_seq))
+    if (yy->requires_grad && !collect(yy, &s, gen, min_level))
         st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
     /* A tensor whose node an earlier ms_grad (create_graph false) freed hides
      * what lay below it: when y reaches it other than through a wrt tensor,

@@ -30,10 +30,11 @@ struct ms_tensor {
     bool requires_grad;     /* a variable, or computed from one with recording on */
     bool graph_freed;       /* its graph was consumed by ms_grad(create_graph=false) */
     struct ms_node *node;   /* the op that produced it (NULL for leaves) */
-    /* creation order, process-wide: a tensor's inputs always come before
-     * it, so ms_grad need not look below the oldest tensor it differentiates
-     * with respect to */
-    uint64_t seq;
+    /* depth in the graph: 0 for leaves, 1 + the deepest input for a recorded
+     * op.  A tensor can depend on another only if it is deeper, so ms_grad
+     * need not look below the shallowest tensor it differentiates with
+     * respect to */
+    uint64_t level;
     /* scratch used by ms_grad while it runs */
     uint64_t visit;
     ms_tensor *gacc;

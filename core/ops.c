@@ -877,8 +877,11 @@ ms_tensor *ms_concat(int n, ms_tensor *const *ts, int axis)
         return NULL;
     }
     node->nmany = n;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         node->many[i] = ms_retain(ts[i]);
+        if (ts[i]->level >= y->level)
+            y->level = ts[i]->level + 1;
+    }
     return y;
 }
 

@@ -10,7 +10,6 @@
 #define MS_SCOPE_KEEP 4096 /* entries of the outermost scope's list kept after its pop */
 
 static atomic_llong live_tensors;
-static atomic_ullong tensor_seq;
 
 typedef struct scope {
     ms_tensor **items;
@@ -180,7 +179,7 @@ static ms_tensor *tensor_alloc(const char *fn, ms_dtype dt, int ndim, const int6
         return NULL;
     }
     atomic_fetch_add_explicit(&live_tensors, 1, memory_order_relaxed);
-    t->seq = atomic_fetch_add_explicit(&tensor_seq, 1, memory_order_relaxed);
+    t->level = 0;
     return t;
 }
 
