@@ -103,6 +103,29 @@ START_TEST(doc_maml_step)
 }
 END_TEST
 
+/* The result belongs to the caller, not to the scope the step ran in. */
+START_TEST(results_survive_scope_pop)
+{
+    ms_container *batch, *vars;
+    doc_setup(&batch, &vars, 2);
+    int64_t live = ms_live_tensors();
+    metastep_result r;
+    ms_scope_push();
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.return_inner_v = METASTEP_RETURN_INNER_ALL;
+    assert_ok(metastep_maml_step(batch, doc_cost, doc_cost, vars, 5, 0.01, &o, &r));
+    ms_scope_pop();
+    assert_close(ms_tensor_item(r.cost), 1.40069818, 1e-6, "cost");
+    assert_close(at(ms_container_get(r.grads, "latent"), 0), -1.13723135, 1e-6, "grad");
+    ck_assert_int_eq(ms_tensor_shape(ms_container_get(r.inner_v, "latent"))[0], 2);
+    metastep_result_release(&r);
+    ck_assert_ptr_null(r.cost);
+    ck_assert_int_eq(ms_live_tensors(), live);
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
 START_TEST(doc_reptile_batched)
 {
     ms_container *batch, *vars;
@@ -873,6 +896,7 @@ int main(void)
     tcase_add_test(doc, doc_maml_step);
     tcase_add_test(doc, doc_reptile_batched);
     tcase_add_test(doc, doc_reptile_unbatched);
+    tcase_add_test(doc, results_survive_scope_pop);
     suite_add_tcase(s, doc);
     TCase *fd = tcase_create("finite differences");
     tcase_set_timeout(fd, 300);
