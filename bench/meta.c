@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "metastep/metastep.h"
+#include "util.h" /* tools/util.c: JSON strings */
 
 #define META_BATCH 25
 #define K 10
@@ -159,20 +160,6 @@ static const char *env_or(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
     return v && *v ? v : dflt;
-}
-
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\')
-            fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", *s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
 }
 
 static int index_of(const char *s, size_t len, const char *const *names, int n)
@@ -569,22 +556,22 @@ int main(int argc, char **argv)
                (double)peak / 1024.0, load);
     } else {
         printf("{\n  \"program\": \"bench-meta\",\n  \"machine\": {\"cpu\": ");
-        json_string(stdout, cpu);
+        util_json_string(stdout, cpu);
         printf(", \"cores\": %ld, \"openblas_coretype\": ", cores);
-        json_string(stdout, env_or("OPENBLAS_CORETYPE", ""));
+        util_json_string(stdout, env_or("OPENBLAS_CORETYPE", ""));
         printf(", \"openblas_num_threads\": ");
-        json_string(stdout, env_or("OPENBLAS_NUM_THREADS", ""));
+        util_json_string(stdout, env_or("OPENBLAS_NUM_THREADS", ""));
         printf(", \"omp_num_threads\": ");
-        json_string(stdout, env_or("OMP_NUM_THREADS", ""));
+        util_json_string(stdout, env_or("OMP_NUM_THREADS", ""));
         printf(", \"loadavg_end\": ");
-        json_string(stdout, load);
+        util_json_string(stdout, load);
         printf("},\n  \"backends\": {");
         for (int b = 0; b < o.nbackends; b++) {
             printf("%s", b ? ", " : "");
-            json_string(stdout, o.backends[b]);
+            util_json_string(stdout, o.backends[b]);
             printf(": ");
             const char *d = metastep_backend_description(o.backends[b]);
-            json_string(stdout, d ? d : "");
+            util_json_string(stdout, d ? d : "");
         }
         printf("},\n  \"setting\": {\"task\": \"sine\", \"meta_batch\": %d, \"k\": %d, "
                "\"inner_lr\": %g, \"outer_lr\": %g, \"outer_optim\": \"adam\", "
@@ -604,7 +591,7 @@ int main(int argc, char **argv)
                                first ? "" : ",", algo_names[o.algos[ia]], o.steps[is],
                                mode_names[o.modes[im]]);
                         first = false;
-                        json_string(stdout, r->backend);
+                        util_json_string(stdout, r->backend);
                         if (!r->ok) {
                             printf(", \"ok\": false}");
                             continue;
