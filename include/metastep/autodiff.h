@@ -5,7 +5,9 @@
  * the public differentiable ops, so gradients can themselves be
  * differentiated (create_graph = true), which second-order MAML needs.
  * A tensor's graph lives as long as the tensor: nodes hold references to
- * their inputs.
+ * their inputs.  ms_grad marks the tensors of the graph it walks while it
+ * runs, so two ms_grad calls over graphs that share tensors must not run at
+ * the same time on different threads; separate graphs may.
  */
 #ifndef METASTEP_AUTODIFF_H
 #define METASTEP_AUTODIFF_H
