@@ -4,25 +4,18 @@
 
 #include "internal.h"
 
-static _Thread_local int no_grad_depth;
+_Thread_local int ms__no_grad_depth;
 static atomic_ullong visit_gen;
 
-void ms_no_grad_push(void) { no_grad_depth++; }
+void ms_no_grad_push(void) { ms__no_grad_depth++; }
 void ms_no_grad_pop(void)
 {
-    if (no_grad_depth > 0)
-        no_grad_depth--;
+    if (ms__no_grad_depth > 0)
+        ms__no_grad_depth--;
 }
-bool ms_grad_enabled(void) { return no_grad_depth == 0; }
-bool ms__recording(void) { return no_grad_depth == 0; }
+bool ms_grad_enabled(void) { return ms__no_grad_depth == 0; }
 
 bool ms_requires_grad(const ms_tensor *t) { return t && t->requires_grad; }
-
-bool ms__needs_grad(const ms_tensor *a, const ms_tensor *b, const ms_tensor *c)
-{
-    return no_grad_depth == 0 && ((a && a->requires_grad) || (b && b->requires_grad) ||
-                                  (c && c->requires_grad));
-}
 
 ms_tensor *ms__record(ms_tensor *y, const char *op, ms_backward_fn bw, const ms_tensor *a,
                       const ms_tensor *b, const ms_tensor *c, double s, const int *iarg,

@@ -152,14 +152,21 @@ struct ms_node {
     size_t cls;                  /* allocator size class of the node */
 };
 /* True when recording is on and any of the inputs requires a gradient. */
-MS_HIDDEN bool ms__needs_grad(const ms_tensor *a, const ms_tensor *b, const ms_tensor *c);
+/* Depth of ms_no_grad_push on this thread (autodiff.c). */
+MS_HIDDEN extern _Thread_local int ms__no_grad_depth;
+/* Inline: every op asks, and the common no-gradient case is answered by the
+ * inputs' flags alone. */
+static inline bool ms__needs_grad(const ms_tensor *a, const ms_tensor *b, const ms_tensor *c)
+{
+    return ((a && a->requires_grad) || (b && b->requires_grad) || (c && c->requires_grad)) &&
+           ms__no_grad_depth == 0;
+}
 /* Attach a node to y (retaining the inputs).  Returns y, or NULL (y released)
  * on allocation failure. */
 MS_HIDDEN ms_tensor *ms__record(ms_tensor *y, const char *op, ms_backward_fn bw,
                                 const ms_tensor *a, const ms_tensor *b, const ms_tensor *c,
                                 double s, const int *iarg, int niarg);
 MS_HIDDEN void ms__node_free(ms_node *n);
-/* Whether recording is on for this thread. */
-MS_HIDDEN bool ms__recording(void);
+
 
 #endif

@@ -22,15 +22,6 @@ static ms_tensor *kernel_failed(const char *fn, ms_status st, ms_tensor *y)
     return NULL;
 }
 
-/* Whether an op on these inputs records a node: the inputs' flags first, so
- * that the common no-gradient case costs no call (ms__needs_grad also reads
- * the thread's recording state). */
-static inline bool needs_grad(const ms_tensor *a, const ms_tensor *b, const ms_tensor *c)
-{
-    return ((a && a->requires_grad) || (b && b->requires_grad) || (c && c->requires_grad)) &&
-           ms__needs_grad(a, b, c);
-}
-
 /* NumPy broadcasting of two shapes. */
 static bool broadcast_shapes(const char *fn, int na, const int64_t *sa, int nb,
                              const int64_t *sb, int *nout, int64_t *out)
@@ -129,7 +120,7 @@ static ms_tensor *unary(const char *fn, ms_unary_op op, const ms_tensor *x, ms_b
     ms_status st = msk_unary(op, x->dtype, x->numel, x->data, y->data);
     if (st != MS_OK)
         return kernel_failed(fn, st, y);
-    if (bw && needs_grad(x, NULL, NULL))
+    if (bw && ms__needs_grad(x, NULL, NULL))
         return ms__record(y, fn, bw, x, NULL, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -220,7 +211,7 @@ static ms_tensor *binary(const char *fn, ms_binary_op op, const ms_tensor *a, co
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (bw && needs_grad(a, b, NULL))
+    if (bw && ms__needs_grad(a, b, NULL))
         return ms__record(y, fn, bw, a, b, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -357,7 +348,7 @@ static ms_tensor *binary_scalar(const char *fn, ms_binary_op op, const ms_tensor
                                 bool reversed, ms_backward_fn bw)
 {
     ms_tensor *y = binary_scalar_raw(fn, op, x, s, reversed);
-    if (y && bw && needs_grad(x, NULL, NULL))
+    if (y && bw && ms__needs_grad(x, NULL, NULL))
         return ms__record(y, fn, bw, x, NULL, NULL, s, NULL, 0);
     return y;
 }
@@ -493,7 +484,7 @@ static ms_tensor *reduce(const char *fn, ms_reduce_op op, const ms_tensor *t, in
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (bw && needs_grad(t, NULL, NULL)) {
+    if (bw && ms__needs_grad(t, NULL, NULL)) {
         int iarg[2] = {(int)mask, (int)count};
         return ms__record(y, fn, bw, t, NULL, NULL, 0.0, iarg, 2);
     }
@@ -617,7 +608,7 @@ ms_tensor *ms_reshape(const ms_tensor *t, int ndim, const int64_t *shape)
         return NULL;
     if (y->numel)
         memcpy(y->data, t->data, (size_t)y->numel * ms_dtype_size(t->dtype));
-    if (needs_grad(t, NULL, NULL))
+    if (ms__needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_reshape, t, NULL, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -698,7 +689,7 @@ ms_tensor *ms_permute(const ms_tensor *t, const int *perm)
         ss[i] = own[perm[i]];
     }
     ms_tensor *y = strided_copy(fn, t, t->ndim, shape, ss, 0);
-    if (y && needs_grad(t, NULL, NULL))
+    if (y && ms__needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_permute, t, NULL, NULL, 0.0, perm, t->ndim);
     return y;
 }
@@ -737,7 +728,7 @@ ms_tensor *ms_broadcast_to(const ms_tensor *t, int ndim, const int64_t *shape)
     int64_t ss[MS_MAX_DIMS];
     broadcast_strides(t, ndim, ss);
     ms_tensor *y = strided_copy(fn, t, ndim, shape, ss, 0);
-    if (y && needs_grad(t, NULL, NULL))
+    if (y && ms__needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_broadcast, t, NULL, NULL, 0.0, NULL, 0);
     return y;
 }
@@ -786,7 +777,7 @@ ms_tensor *ms_slice(const ms_tensor *t, int axis, int64_t start, int64_t stop)
     shape[ax] = stop - start;
     ms__strides(t->ndim, t->shape, ss);
     ms_tensor *y = strided_copy(fn, t, t->ndim, shape, ss, start * ss[ax]);
-    if (y && needs_grad(t, NULL, NULL)) {
+    if (y && ms__needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         y = ms__record(y, fn, bw_slice, t, NULL, NULL, 0.0, iarg, 1);
         if (y)
@@ -839,7 +830,7 @@ ms_tensor *ms_concat(int n, ms_tensor *const *ts, int axis)
             return NULL;
         }
         shape[ax] += ts[i]->shape[ax];
-        grad = grad || needs_grad(ts[i], NULL, NULL);
+        grad = grad || ms__needs_grad(ts[i], NULL, NULL);
     }
     ms_tensor *y = ms__tensor_new(fn, t0->dtype, t0->ndim, shape);
     if (!y)
@@ -975,7 +966,7 @@ ms_tensor *ms_repeat(const ms_tensor *t, int64_t repeats, int axis)
     /* flat has the right values; give it the right shape without a node */
     flat->ndim = t->ndim;
     memcpy(flat->shape, shape, sizeof shape);
-    if (needs_grad(t, NULL, NULL)) {
+    if (ms__needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         flat = ms__record(flat, fn, bw_repeat, t, NULL, NULL, 0.0, iarg, 1);
         if (flat)
@@ -1023,7 +1014,7 @@ ms_tensor *ms_where(const ms_tensor *cond, const ms_tensor *a, const ms_tensor *
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (needs_grad(a, b, NULL)) {
+    if (ms__needs_grad(a, b, NULL)) {
         y = ms__record(y, fn, bw_where, a, b, cond, 0.0, NULL, 0);
         if (y)
             y->node->need[2] = false;
@@ -1054,7 +1045,7 @@ static ms_tensor *softmax(const char *fn, bool log, const ms_tensor *t, int axis
         if (st != MS_OK)
             return kernel_failed(fn, st, y);
     }
-    if (needs_grad(t, NULL, NULL)) {
+    if (ms__needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         return ms__record(y, fn, bw, t, NULL, NULL, 0.0, iarg, 1);
     }
@@ -1163,13 +1154,11 @@ static ms_tensor *matmul_t(const ms_tensor *a, const ms_tensor *b, bool ta, bool
     } else {
         st = MS_ERR_NOMEM;
     }
-    if (tmp[0])
-        ms_release(tmp[0]);
-    if (tmp[1])
-        ms_release(tmp[1]);
+    ms_release(tmp[0]);
+    ms_release(tmp[1]);
     if (st != MS_OK)
         return kernel_failed(fn, st, y);
-    if (needs_grad(a, b, NULL)) {
+    if (ms__needs_grad(a, b, NULL)) {
         int iarg[2] = {ta, tb};
         return ms__record(y, fn, bw_matmul, a, b, NULL, 0.0, iarg, 2);
     }
