@@ -192,6 +192,12 @@ static ms_status accumulate(ms_tensor *t, ms_tensor *g)
     return t->gacc ? MS_OK : MS_ERR_NOMEM;
 }
 
+/* Whether a gradient must flow into `in`: it requires one and a wrt tensor
+ * lies at or below it.  Inputs that collect() did not walk (shallower than
+ * every wrt tensor) have no marks, so they never receive one, and no state
+ * is left on a tensor the clean-up does not visit. */
+static bool wanted(const ms_tensor *in) { return in && (in->pending & MARK_RELEVANT); }
+
 static ms_status backward_sweep(sweep *s, bool create_graph)
 {
     for (size_t k = s->n; k-- > 0;) {
@@ -199,37 +205,49 @@ static ms_status backward_sweep(sweep *s, bool create_graph)
         ms_node *n = t->node;
         if (!n || !t->gacc)
             continue;
-        bool down = false; /* does a wrt tensor lie below t? */
-        for (int j = 0; j < node_arity(n); j++) {
-            ms_tensor *in = node_input(n, j);
-            down = down || (in && (in->pending & MARK_RELEVANT));
-        }
-        if (!down)
-            continue;
         int arity = node_arity(n);
+        bool small_want[MS_NODE_MAX_IN] = {false, false, false};
         ms_tensor *small[MS_NODE_MAX_IN] = {NULL, NULL, NULL};
-        ms_tensor **gin = arity <= MS_NODE_MAX_IN ? small : calloc((size_t)arity, sizeof *gin);
-        if (!gin)
-            return ms__fail(MS_ERR_NOMEM, "ms_grad: out of memory");
-        ms_status st = n->backward(n, t, t->gacc, gin);
-        /* A backward fills gin[j] for every input that needs a gradient; a
-         * NULL there is a failed op.  (The thread's last error cannot tell:
-         * it may hold an unrelated failure from before this ms_grad.) */
-        for (int j = 0; st == MS_OK && j < arity; j++) {
-            ms_tensor *in = node_input(n, j);
-            if (in && !gin[j]) {
+        bool *want = small_want;
+        ms_tensor **gin = small;
+        if (arity > MS_NODE_MAX_IN) {
+            want = calloc((size_t)arity, sizeof *want);
+            gin = calloc((size_t)arity, sizeof *gin);
+            if (!want || !gin) {
+                free(want);
+                free(gin);
+                return ms__fail(MS_ERR_NOMEM, "ms_grad: out of memory");
+            }
+        }
+        bool down = false; /* does a wrt tensor lie below t? */
+        for (int j = 0; j < arity; j++) {
+            want[j] = wanted(node_input(n, j));
+            down = down || want[j];
+        }
+        ms_status st = MS_OK;
+        if (down)
+            st = n->backward(n, want, t, t->gacc, gin);
+        /* A backward fills gin[j] for every wanted input; a NULL there is a
+         * failed op.  (The thread's last error cannot tell: it may hold an
+         * unrelated failure from before this ms_grad.) */
+        for (int j = 0; down && st == MS_OK && j < arity; j++) {
+            if (!want[j])
+                continue;
+            if (!gin[j]) {
                 st = ms_last_error(NULL);
                 if (st == MS_OK)
                     st = ms__fail(MS_ERR_INTERNAL, "ms_grad: the backward of %s failed", n->op);
-            } else if (in) {
-                st = accumulate(in, gin[j]);
+            } else {
+                st = accumulate(node_input(n, j), gin[j]);
             }
         }
-        if (gin != small)
+        if (gin != small) {
             free(gin);
+            free(want);
+        }
         if (st != MS_OK)
             return st;
-        if (!create_graph) { /* consume the graph as we go */
+        if (down && !create_graph) { /* consume the graph as we go */
             t->node = NULL;
             t->graph_freed = true;
             ms__node_free(n);

@@ -12,6 +12,7 @@
 #include "metastep/backend.h"
 
 #define MS_HIDDEN __attribute__((visibility("hidden")))
+#define MS_UNUSED __attribute__((unused))
 #define MS_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define MS_TENSOR_MAGIC 0x6d737465u /* "mste" */
 #define MS_TENSOR_DEAD 0xdeadbeefu
@@ -133,10 +134,15 @@ MS_HIDDEN ms_status ms__container_load_mem(const void *buf, size_t n, const char
 
 /* --- autodiff hooks (autodiff.c) --- */
 typedef struct ms_node ms_node;
-/* Compute input gradients: gin[i] receives a new tensor or NULL (no gradient).
- * `y` is the node's output, `gy` the gradient flowing into it. */
-typedef ms_status (*ms_backward_fn)(const ms_node *n, const ms_tensor *y, const ms_tensor *gy,
-                                    ms_tensor **gin);
+/* Compute input gradients: for every input i with want[i] true, gin[i]
+ * receives a new tensor (NULL only when the op failed); inputs with want[i]
+ * false are left alone, so no work is spent on gradients nobody uses
+ * (PyTorch's needs_input_grad).  want has one entry per input (n->nin, or
+ * n->nmany for concat) and is true only where the input requires a gradient
+ * and leads to a tensor ms_grad differentiates with respect to.  `y` is the
+ * node's output, `gy` the gradient flowing into it. */
+typedef ms_status (*ms_backward_fn)(const ms_node *n, const bool *want, const ms_tensor *y,
+                                    const ms_tensor *gy, ms_tensor **gin);
 #define MS_NODE_MAX_IN 3
 struct ms_node {
     const char *op;              /* for messages */

@@ -129,7 +129,9 @@ static ms_tensor *unary(const char *fn, ms_unary_op op, const ms_tensor *x, ms_b
 static ms_tensor *binary_scalar_raw(const char *fn, ms_binary_op op, const ms_tensor *x,
                                     double s, bool reversed);
 
-#define BW(name) static ms_status name(const ms_node *n, const ms_tensor *y, \
+/* Single-input backwards run only when their input is wanted, so they
+ * ignore `want`; multi-input ones test it per input. */
+#define BW(name) static ms_status name(const ms_node *n, const bool *want MS_UNUSED, const ms_tensor *y, \
                                        const ms_tensor *gy, ms_tensor **gin)
 
 BW(bw_neg) { (void)n; (void)y; gin[0] = ms_neg(gy); return MS_OK; }
@@ -218,8 +220,8 @@ static ms_tensor *binary(const char *fn, ms_binary_op op, const ms_tensor *a, co
 
 #define A (n->in[0])
 #define B (n->in[1])
-#define GIN_A(expr) do { if (n->need[0]) gin[0] = sum_to((expr), A->ndim, A->shape); } while (0)
-#define GIN_B(expr) do { if (n->need[1]) gin[1] = sum_to((expr), B->ndim, B->shape); } while (0)
+#define GIN_A(expr) do { if (want[0]) gin[0] = sum_to((expr), A->ndim, A->shape); } while (0)
+#define GIN_B(expr) do { if (want[1]) gin[1] = sum_to((expr), B->ndim, B->shape); } while (0)
 
 BW(bw_add) { (void)y; GIN_A(gy); GIN_B(gy); return MS_OK; }
 BW(bw_sub) { (void)y; GIN_A(gy); GIN_B(ms_neg(gy)); return MS_OK; }
@@ -233,7 +235,7 @@ BW(bw_div)
 BW(bw_pow)
 {
     GIN_A(ms_mul(gy, ms_mul(B, ms_pow(A, ms_sub_scalar(B, 1.0)))));
-    if (n->need[1]) {
+    if (want[1]) {
         /* d/db a^b = a^b log a; taken as 0 where a == 0 (as PyTorch does) */
         ms_tensor *zero = scalar_like(A, 0.0);
         ms_tensor *is0 = binary_scalar_raw("ms_pow", MS_BINARY_EQ, A, 0.0, false);
@@ -793,7 +795,7 @@ BW(bw_concat)
     int64_t off = 0;
     for (int i = 0; i < n->nmany; i++) {
         int64_t len = n->many[i]->shape[axis];
-        if (n->many[i]->requires_grad)
+        if (want[i])
             gin[i] = ms_slice(gy, axis, off, off + len);
         off += len;
     }
@@ -1083,9 +1085,9 @@ BW(bw_matmul)
 {
     (void)y;
     bool ta = n->iarg[0], tb = n->iarg[1];
-    if (n->need[0])
+    if (want[0])
         GIN_A(ta ? matmul_t(B, gy, tb, true) : matmul_t(gy, B, false, !tb));
-    if (n->need[1])
+    if (want[1])
         GIN_B(tb ? matmul_t(gy, A, true, ta) : matmul_t(A, gy, !ta, false));
     return MS_OK;
 }

@@ -207,8 +207,11 @@ metastep_optimizer metastep_adam(double beta1, double beta2, double eps)
 
 /* --- per-use state for callers --- */
 
+/* The state holds a copy of the optimizer (a small value), so the caller's
+ * optimizer may be a temporary or go out of scope while the state lives. */
 struct metastep_optim_state {
-    const metastep_optimizer *opt;
+    metastep_optimizer copy;
+    const metastep_optimizer *opt; /* &copy */
     void *state;
 };
 
@@ -223,8 +226,9 @@ metastep_optim_state *metastep_optim_state_new(const metastep_optimizer *opt)
         ms__fail(MS_ERR_NOMEM, "metastep_optim_state_new: out of memory");
         return NULL;
     }
-    s->opt = opt;
-    if (opt->state_new && !(s->state = opt->state_new(opt))) {
+    s->copy = *opt;
+    s->opt = &s->copy;
+    if (s->opt->state_new && !(s->state = s->opt->state_new(s->opt))) {
         free(s);
         return NULL;
     }

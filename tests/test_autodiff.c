@@ -1020,6 +1020,35 @@ START_TEST(accumulation)
 }
 END_TEST
 
+/* Issue 9's reproducer: a wrt tensor deeper than an input of the graph.
+ * ms_grad prunes its walk below the shallowest wrt tensor; the first call
+ * must not leave dy/dh on h (not walked), or the second call adds to it
+ * (24 instead of 12) after the first call's scope freed it. */
+START_TEST(pruned_walk_leaves_no_state)
+{
+    ms_scope_push();
+    ms_tensor *x = ms_variable(ms_scalar(MS_F64, 2.0)), *w = ms_variable(ms_scalar(MS_F64, 3.0));
+    ms_tensor *h = ms_mul(x, x);                               /* depth 1 */
+    ms_tensor *w2 = ms_mul_scalar(ms_mul_scalar(w, 1.0), 1.0); /* depth 2 */
+    ms_tensor *y = ms_mul(h, w2);
+    ms_container *c1 = ms_container_new(), *c2 = ms_container_new(), *g1 = NULL, *g2 = NULL;
+    ms_container_set(c1, "w2", w2);
+    ms_container_set(c2, "x", x);
+    for (int rep = 0; rep < 3; rep++) { /* and again: nothing accumulates across calls */
+        assert_ok(ms_grad(y, c1, true, &g1), "grad wrt w2");
+        static const double dw2[1] = {4}, dx[1] = {12};
+        check_vals(ms_container_get(g1, "w2"), 1, dw2, "dy/dw2 = h");
+        ms_container_release(g1);
+        assert_ok(ms_grad(y, c2, true, &g2), "grad wrt x");
+        check_vals(ms_container_get(g2, "x"), 1, dx, "dy/dx = 2 x w2");
+        ms_container_release(g2);
+    }
+    ms_container_release(c1);
+    ms_container_release(c2);
+    ms_scope_pop();
+}
+END_TEST
+
 /* concat of more inputs than a node's fixed slots, some repeated */
 START_TEST(concat_many_inputs)
 {
@@ -1162,6 +1191,7 @@ int main(void)
     tcase_add_test(tc, grad_after_unrelated_error);
     tcase_add_test(tc, accumulation);
     tcase_add_test(tc, concat_many_inputs);
+    tcase_add_test(tc, pruned_walk_leaves_no_state);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("memory");

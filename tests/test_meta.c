@@ -750,7 +750,11 @@ START_TEST(optimizer_states_by_hand)
      * = 1.9, 2.71; adam with constant gradients steps lr each time */
     double delta[3] = {0.1 * 2.9, 0.1 * (1.9 + 2.71), 0.2};
     for (int k = 0; k < 3; k++) {
-        metastep_optim_state *s = metastep_optim_state_new(opts[k]);
+        /* the state copies the optimizer: clobbering the caller's value
+         * afterwards (a stack temporary going out of scope) changes nothing */
+        metastep_optimizer tmp = *opts[k];
+        metastep_optim_state *s = metastep_optim_state_new(&tmp);
+        memset(&tmp, 0xff, sizeof tmp);
         ms_container *w1 = metastep_optim_step(s, w, g, 0.1, true);
         ms_container *w2 = metastep_optim_step(s, w1, g, 0.1, true);
         for (int i = 0; i < D; i++)

@@ -58,8 +58,13 @@ ms_container *metastep_gradient_descent_update(const ms_container *w, const ms_c
 
 /* Per-use state of an optimizer, for training loops. */
 typedef struct metastep_optim_state metastep_optim_state;
-/* NULL on allocation failure. */
+/* A new state for opt; the state keeps its own copy of *opt, so opt may be
+ * a temporary or a stack variable that goes out of scope before the state
+ * (the functions opt points to, and anything its hyper-parameters name, must
+ * outlive it).  Release with metastep_optim_state_release.  NULL with
+ * MS_ERR_NULL_ARG (opt or opt->step NULL) or MS_ERR_NOMEM. */
 metastep_optim_state *metastep_optim_state_new(const metastep_optimizer *opt);
+/* Frees the state and what it holds; NULL-safe. */
 void metastep_optim_state_release(metastep_optim_state *s);
 /* One update with the state's optimizer; returns new variables (caller
  * releases) or NULL with the error recorded. */
