@@ -2,7 +2,11 @@
  * kernel table, and whether dispatch through a backend costs anything over
  * calling OpenBLAS directly.
  *
- *   ./build/bench/bench-kernels [BACKEND...]      (default: ref openblas onednn)
+ *   ./build/bench/bench-kernels [--smoke] [BACKEND...]   (default: ref openblas onednn)
+ *
+ * --smoke: one call per repeat, one repeat, and no shape over 2^24
+ * multiply-adds or elements: checks that every path runs (CI does this in a
+ * release build), in about a second; its numbers mean nothing.
  *
  * float32 GEMM (square 8..1024, skinny shapes, the batched small GEMMs of
  * MAML) in GFLOP/s, and elementwise add and tanh in GB/s; every number is the
@@ -13,6 +17,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +29,8 @@
 
 #define REPEATS 5
 #define TARGET_SECONDS 0.03
+static bool smoke; /* --smoke */
+#define SMOKE_MAX_WORK ((int64_t)1 << 24)
 #define MAX_BACKENDS 8
 
 static double now(void)
@@ -49,19 +56,20 @@ static double time_call(bench_fn fn, void *user)
     fn(user);
     double once = now() - t0;
     long iters = once > 0 ? (long)(TARGET_SECONDS / once) : 1000;
-    if (iters < 1)
+    if (iters < 1 || smoke)
         iters = 1;
     if (iters > 100000)
         iters = 100000;
+    const int repeats = smoke ? 1 : REPEATS;
     double t[REPEATS];
-    for (int r = 0; r < REPEATS; r++) {
+    for (int r = 0; r < repeats; r++) {
         t0 = now();
         for (long i = 0; i < iters; i++)
             fn(user);
         t[r] = (now() - t0) / (double)iters;
     }
-    qsort(t, REPEATS, sizeof *t, cmp_double);
-    return t[REPEATS / 2];
+    qsort(t, (size_t)repeats, sizeof *t, cmp_double);
+    return t[repeats / 2];
 }
 
 typedef struct gemm_args {
@@ -180,6 +188,11 @@ int main(int argc, char **argv)
     const char *names[MAX_BACKENDS];
     const ms_backend *tables[MAX_BACKENDS];
     int nb = 0;
+    if (argc > 1 && strcmp(argv[1], "--smoke") == 0) {
+        smoke = true;
+        argc--;
+        argv++;
+    }
     int nreq = argc > 1 ? argc - 1 : 3;
     for (int i = 0; i < nreq && nb < MAX_BACKENDS; i++) {
         const char *name = argc > 1 ? argv[i + 1] : defaults[i];
@@ -209,6 +222,8 @@ int main(int argc, char **argv)
     printf(" %10s %12s\n", "cblas", "openblas/cb");
     for (int s = 0; s < NSHAPES; s++) {
         const shape *sh = &SHAPES[s];
+        if (smoke && sh->batch * sh->m * sh->n * sh->k > SMOKE_MAX_WORK)
+            continue;
         const int64_t bstride = sh->shared_b ? 0 : sh->k * sh->n;
         float *a = random_floats(sh->batch * sh->m * sh->k, 1);
         float *b = random_floats((sh->shared_b ? 1 : sh->batch) * sh->k * sh->n, 2);
@@ -253,6 +268,8 @@ int main(int argc, char **argv)
         printf("\n");
         for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++) {
             const int64_t n = sizes[z];
+            if (smoke && n > SMOKE_MAX_WORK)
+                continue;
             float *x = random_floats(n, 4), *y = random_floats(n, 5), *o = random_floats(n, 6);
             if (!x || !y || !o) {
                 fprintf(stderr, "bench-kernels: out of memory\n");
