@@ -1,4 +1,4 @@
-/* libFuzzer target for the safetensors loader (core/safetensors.c).
+/* libFuzzer target for the safetensors loader (core/container/safetensors.c).
  *
  * Not part of the meson build (CI builds with gcc).  Build and run by hand
  * from the repository root with Debian's clang 14:
@@ -8,7 +8,7 @@
  *     -DMS_BUILDING_CORE -DMS_NO_ALLOC_CACHE \
  *     -DMS_BUILD_BACKEND_DIR='"build/backends"' -DMS_INSTALL_BACKEND_DIR='"/nonexistent"' \
  *     -DMS_BUILD_PLUGIN_DIR='"build/plugins"' \
- *     -Iinclude -Icore core/[a-z]*.c tests/fuzz/fuzz_safetensors.c \
+ *     -Iinclude -Icore $(find core -name '*.c') tests/fuzz/fuzz_safetensors.c \
  *     -ljansson -lm -ldl -lpthread -o /tmp/fuzz_safetensors
  *   mkdir -p /tmp/st-corpus
  *   /tmp/fuzz_safetensors -max_total_time=300 -max_len=4096 \
@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "container/container.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "runtime/runtime.h"
 #include "metastep/task.h"
 
 #define MS_MAX_TASKS 32

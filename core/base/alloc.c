@@ -10,7 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "base/base.h"
 
 #define MS_ALIGN 64
 #define MS_NCLASS 48

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "runtime/runtime.h"
 
 #define MS_MAX_LOADED 32
 #define MS_MAX_STACK 64

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "learn/learn.h"
 
 /* Per-leaf update: returns the new variable; may replace the leaf's state
  * tensors in st[0..1] (borrowed from the current scope). */

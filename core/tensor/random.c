@@ -4,7 +4,7 @@
  * Weyl sequence keyed by the seed; two rounds decorrelate nearby seeds. */
 #include <math.h>
 
-#include "internal.h"
+#include "tensor/tensor.h"
 
 static uint64_t mix(uint64_t z)
 {

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "ops/ops.h"
 
 /* ---------------------------------------------------------------- helpers */
 

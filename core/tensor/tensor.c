@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "tensor/tensor.h"
 
 #define MS_HEADER_BYTES ((sizeof(struct ms_tensor) + 63) & ~(size_t)63)
 #define MS_MAX_SCOPES 1024

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "learn/learn.h"
 
 typedef struct meta_cfg {
     const char *fn; /* public name, for messages */

@@ -22,7 +22,7 @@
 
 #include <jansson.h>
 
-#include "internal.h"
+#include "container/container.h"
 
 /* The reference implementation's MAX_HEADER_SIZE. */
 #define ST_MAX_HEADER 100000000ull

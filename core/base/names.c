@@ -1,5 +1,5 @@
 /* Names of kernels and ops, for tables and messages. */
-#include "internal.h"
+#include "base/base.h"
 
 #define NAME_OR_UNKNOWN(arr, i) \
     (((unsigned)(i) < sizeof(arr) / sizeof *(arr) && (arr)[i]) ? (arr)[i] : "unknown")

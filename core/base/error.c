@@ -2,7 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "internal.h"
+#include "base/base.h"
 
 static _Thread_local ms_status last_status;
 static _Thread_local char last_msg[1024];

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "runtime/runtime.h"
 
 #define MS_MAX_DIRS 32
 

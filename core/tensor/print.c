@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "tensor/tensor.h"
 
 #define PREFIX "ivy.array("
 #define LINE_WIDTH 75

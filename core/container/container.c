@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "container/container.h"
 
 struct ms_container {
     int n, cap;

@@ -1,0 +1,57 @@
+/* core/runtime: loading run-time plugins (one loader for backends and task
+ * plugins), the backend stack (metastep_set_backend) and kernel dispatch with
+ * fallback to ref.  Above base; below tensors, which fill and arange through
+ * it.  It knows nothing of tensors: kernels take raw buffers. */
+#ifndef METASTEP_CORE_RUNTIME_H
+#define METASTEP_CORE_RUNTIME_H
+
+#include "base/base.h"
+
+/* --- dispatch (runtime.c): the active backend, with fallback to ref --- */
+typedef struct ms_loaded ms_loaded;
+MS_HIDDEN const ms_backend *ms__ref(void);
+MS_HIDDEN ms_status msk_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y);
+MS_HIDDEN ms_status msk_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                               const void *a, const int64_t *sa, const void *b,
+                               const int64_t *sb, void *y);
+MS_HIDDEN ms_status msk_reduce(ms_reduce_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                               uint32_t axes, const void *x, void *y);
+MS_HIDDEN ms_status msk_gemm(ms_dtype dt, bool ta, bool tb, int64_t batch, int64_t m, int64_t n,
+                             int64_t k, double alpha, const void *a, int64_t lda, int64_t sa,
+                             const void *b, int64_t ldb, int64_t sb, double beta, void *c,
+                             int64_t ldc, int64_t sc);
+MS_HIDDEN ms_status msk_copy(ms_dtype dt, int ndim, const int64_t *shape, const void *src,
+                             const int64_t *ss, void *dst, const int64_t *ds);
+MS_HIDDEN ms_status msk_softmax(ms_dtype dt, bool log, int64_t outer, int64_t len, int64_t inner,
+                                const void *x, void *y);
+MS_HIDDEN ms_status msk_fill(ms_dtype dt, int ndim, const int64_t *shape, const int64_t *ds,
+                             double value, void *dst);
+MS_HIDDEN ms_status msk_arange(ms_dtype dt, int64_t n, double start, double step, void *y);
+MS_HIDDEN ms_status msk_where(ms_dtype dt, int ndim, const int64_t *shape, const void *c,
+                              const int64_t *sc, const void *a, const int64_t *sa, const void *b,
+                              const int64_t *sb, void *y);
+
+/* --- plugin loader (loader.c), shared by backends and task plugins --- */
+typedef struct ms_plugin_kind {
+    const char *kind;         /* "backend", "task" */
+    const char *prefix;       /* file name prefix, e.g. "libmetastep-backend-" */
+    const char *entry_symbol; /* exported entry function */
+    const char *path_env;     /* colon-separated search path variable */
+    const char *build_dir;    /* build-tree directory */
+    const char *install_dir;  /* install directory */
+    uint32_t abi_major;
+    size_t min_size;          /* smallest acceptable table size */
+} ms_plugin_kind;
+
+/* Find (by name or path) and open a plugin, check its header.  On success
+ * *table is the header of its table, *path a malloc'd resolved path and
+ * *handle the dlopen handle.  On failure returns MS_ERR_BACKEND with the
+ * message recorded. */
+MS_HIDDEN ms_status ms__plugin_open(const ms_plugin_kind *k, const char *name, void **handle,
+                                    const ms_plugin_header **table, char **path);
+MS_HIDDEN int ms__plugin_list(const ms_plugin_kind *k,
+                              void (*fn)(const char *name, const char *path, void *user),
+                              void *user);
+MS_HIDDEN size_t ms__plugin_search_path(const ms_plugin_kind *k, char *buf, size_t cap);
+
+#endif
