@@ -849,6 +849,100 @@ START_TEST(bad_input)
 }
 END_TEST
 
+/* ------------------------------------------------- non-finite gradients */
+
+/* sum(sqrt(w)) at w = [0, 1]: the cost is finite (1) but d/dw = 0.5/sqrt(w)
+ * is [inf, 0.5].  Ivy replaces the inf by 0; metastep returns it from
+ * ms_grad and the meta steps refuse it (meta.h, "Errors"). */
+static ms_tensor *sqrt_cost(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)b, (void)u;
+    return ms_sum(ms_sqrt(ms_container_get(v, "net/w")), 0, NULL, false);
+}
+
+static ms_tensor *sq_cost(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)b, (void)u;
+    return ms_sum(ms_square(ms_container_get(v, "net/w")), 0, NULL, false);
+}
+
+static void expect_numeric(ms_status st, const char *fn, const char *which, const char *value,
+                           const char *where, metastep_result *r)
+{
+    const char *msg = NULL;
+    ms_last_error(&msg);
+    ck_assert_msg(st == MS_ERR_NUMERIC, "%s: status %d, want MS_ERR_NUMERIC (%s)", fn, st, msg);
+    const char *needles[] = {fn, which, "'net/w' is ", where, value};
+    for (size_t i = 0; i < sizeof needles / sizeof *needles && needles[i]; i++)
+        ck_assert_msg(strstr(msg, needles[i]), "message '%s' lacks '%s'", msg, needles[i]);
+    ck_assert_ptr_null(r->cost);
+    ck_assert_ptr_null(r->grads);
+    ck_assert_ptr_null(r->inner_v);
+    ms_clear_error();
+}
+
+START_TEST(non_finite_gradient_refused)
+{
+    ms_container *v = ms_container_new();
+    put(v, "net/w", vec(MS_F64, 1, (int64_t[]){2}, (double[]){0, 1}));
+    /* ms_grad gives the IEEE values */
+    ms_scope_push();
+    ms_container *wv = ms_container_new();
+    ck_assert_int_eq(ms_container_set(wv, "net/w", ms_variable(ms_container_get(v, "net/w"))),
+                     MS_OK);
+    ms_container *g = NULL;
+    assert_ok(ms_grad(sqrt_cost(NULL, wv, NULL), wv, false, &g));
+    ck_assert(at(ms_container_get(g, "net/w"), 0) == INFINITY);
+    ck_assert(at(ms_container_get(g, "net/w"), 1) == 0.5);
+    ms_container_release(g);
+    ms_container_release(wv);
+    ms_scope_pop();
+
+    ms_container *b = quad_batch(2);
+    const int64_t live = ms_live_tensors();
+    metastep_result r;
+    for (int batched = 0; batched < 2; batched++) {
+        /* one inner step: its gradient is refused; no inner step: the outer
+         * gradient (at the unchanged variables) is */
+        for (int steps = 1; steps >= 0; steps--) {
+            const char *which = steps ? "inner gradient" : "outer gradient";
+            metastep_options o = METASTEP_OPTIONS_DEFAULT;
+            o.batched = batched;
+            expect_numeric(metastep_maml_step(b, sqrt_cost, NULL, v, steps, 0.1, &o, &r),
+                           "metastep_maml_step", which, "inf", "step 0 of task 0", &r);
+            expect_numeric(metastep_fomaml_step(b, sqrt_cost, NULL, v, steps, 0.1, &o, &r),
+                           "metastep_fomaml_step", which, "inf", "step 0 of task 0", &r);
+            metastep_reptile_options ro = METASTEP_REPTILE_OPTIONS_DEFAULT;
+            ro.batched = batched;
+            expect_numeric(metastep_reptile_step(b, sqrt_cost, v, steps, 0.1, &ro, &r),
+                           "metastep_reptile_step", which, "inf", "step 0 of task 0", &r);
+            /* second order differentiated as a whole (stop_gradients off) */
+            o.stop_gradients = false;
+            expect_numeric(metastep_maml_step(b, sqrt_cost, NULL, v, steps, 0.1, &o, &r),
+                           "metastep_maml_step", which, "inf",
+                           steps || batched ? "step 0 of task 0" : "mean over the tasks", &r);
+            /* an outer cost with the singularity, after a finite inner step
+             * (w = [0, 1] becomes [0, 0.8]) */
+            o.stop_gradients = true;
+            expect_numeric(metastep_fomaml_step(b, sq_cost, sqrt_cost, v, 1, 0.1, &o, &r),
+                           "metastep_fomaml_step", "outer gradient", "inf", "step 1 of task 0",
+                           &r);
+            /* second order: the inf goes back through the inner update's
+             * graph, where it may meet a zero (NaN): either is refused */
+            expect_numeric(metastep_maml_step(b, sq_cost, sqrt_cost, v, 1, 0.1, &o, &r),
+                           "metastep_maml_step", "outer gradient", NULL, "step 1 of task 0",
+                           &r);
+        }
+    }
+    /* the variables are untouched, and nothing leaked */
+    ck_assert(at(ms_container_get(v, "net/w"), 0) == 0.0);
+    ck_assert(at(ms_container_get(v, "net/w"), 1) == 1.0);
+    ck_assert_int_eq(ms_live_tensors(), live);
+    ms_container_release(b);
+    ms_container_release(v);
+}
+END_TEST
+
 /* ------------------------------------------------------------ memory */
 
 static long rss_kib(void)
@@ -926,6 +1020,7 @@ int main(void)
     suite_add_tcase(s, opt);
     TCase *bad = tcase_create("bad input");
     tcase_add_test(bad, bad_input);
+    tcase_add_test(bad, non_finite_gradient_refused);
     suite_add_tcase(s, bad);
     TCase *mem = tcase_create("memory");
     tcase_set_timeout(mem, 600);

@@ -1049,6 +1049,150 @@ START_TEST(no_scope_no_leak)
 }
 END_TEST
 
+/* ---------------------------------------------------------- non-finite */
+
+/* docs/semantics.md, "Non-finite values": NaN propagates through every
+ * elementwise op, maximum/minimum and max/min reductions (NumPy, PyTorch);
+ * a softmax row with a NaN or a +inf, or with nothing but -inf, is NaN.
+ * Checked on every backend that loads, small (served by ref on oneDNN) and
+ * large (above oneDNN's default threshold of 16384 elements, so that its
+ * primitives, or its decision to decline, see the non-finite values). */
+
+#define NF_TILES 8192 /* 4 * NF_TILES elements: above oneDNN's threshold */
+
+/* A (rows, plen) tensor whose every row is `pattern` (plen values);
+ * rows == 1 gives a 1-d tensor. */
+static ms_tensor *tiled(ms_dtype dt, int64_t rows, const double *pattern, int64_t plen)
+{
+    double *v = malloc(sizeof(double) * (size_t)(rows * plen));
+    for (int64_t i = 0; i < rows * plen; i++)
+        v[i] = pattern[i % plen];
+    ms_tensor *t = rows == 1 ? mk(dt, 1, (int64_t[]){plen}, v)
+                             : mk(dt, 2, (int64_t[]){rows, plen}, v);
+    free(v);
+    return t;
+}
+
+/* Each element of t, tiled, close to want (NaN where want is NaN, infinities
+ * equal). */
+static void check_tiled(const ms_tensor *t, const double *want, int64_t plen, const char *what,
+                        const char *backend)
+{
+    ck_assert_msg(t != NULL, "%s on %s: NULL", what, backend);
+    ms_dtype dt = ms_tensor_dtype(t);
+    int64_t i = 0; /* one assertion per tensor: check marks a point per call */
+    while (i < ms_tensor_numel(t) && close_to(at(t, i), want[i % plen], dt))
+        i++;
+    ck_assert_msg(i == ms_tensor_numel(t),
+                  "%s on %s (%s, %lld elements): element %lld is %.9g, expected %.9g", what,
+                  backend, ms_dtype_name(dt), (long long)ms_tensor_numel(t), (long long)i,
+                  at(t, i), want[i % plen]);
+}
+
+START_TEST(nonfinite_values)
+{
+    ms_dtype dt = dtypes[_i];
+    static const char *const backends[] = {"ref", "openblas", "onednn"};
+    const double nan = NAN, inf = INFINITY;
+    int ran = 0;
+    for (size_t b = 0; b < sizeof backends / sizeof *backends; b++) {
+        const char *be = backends[b];
+        if (metastep_set_backend(be) != MS_OK) { /* not built here */
+            ms_clear_error();
+            continue;
+        }
+        ran++;
+        for (int big = 0; big < 2; big++) {
+            const int64_t rows = big ? NF_TILES : 1;
+            ms_scope_push();
+            /* unary: NaN in, NaN out; infinities as libm */
+            const double x[8] = {nan, -inf, inf, -1, -0.0, 0.5, 2, nan};
+            ms_tensor *tx = tiled(dt, rows, x, 8);
+            check_tiled(ms_relu(tx), (double[]){nan, 0, inf, 0, 0, 0.5, 2, nan}, 8, "relu", be);
+            check_tiled(ms_sign(tx), (double[]){nan, -1, 1, -1, 0, 1, 1, nan}, 8, "sign", be);
+            check_tiled(ms_abs(tx), (double[]){nan, inf, inf, 1, 0, 0.5, 2, nan}, 8, "abs", be);
+            check_tiled(ms_neg(tx), (double[]){nan, inf, -inf, 1, 0, -0.5, -2, nan}, 8, "neg", be);
+            check_tiled(ms_exp(tx), (double[]){nan, 0, inf, exp(-1.0), 1, exp(0.5), exp(2.0), nan},
+                        8, "exp", be);
+            check_tiled(ms_square(tx), (double[]){nan, inf, inf, 1, 0, 0.25, 4, nan}, 8, "square",
+                        be);
+            check_tiled(ms_sqrt(tx), (double[]){nan, nan, inf, nan, 0, sqrt(0.5), sqrt(2.0), nan},
+                        8, "sqrt", be);
+            check_tiled(ms_reciprocal(tx), (double[]){nan, 0, 0, -1, -inf, 2, 0.5, nan}, 8,
+                        "reciprocal", be);
+            check_tiled(ms_tanh(tx), (double[]){nan, -1, 1, tanh(-1.0), 0, tanh(0.5), tanh(2.0),
+                                                nan}, 8, "tanh", be);
+            check_tiled(ms_sigmoid(tx), (double[]){nan, 0, 1, 1 / (1 + exp(1.0)), 0.5,
+                                                   1 / (1 + exp(-0.5)), 1 / (1 + exp(-2.0)), nan},
+                        8, "sigmoid", be);
+            check_tiled(ms_log(tx), (double[]){nan, nan, inf, nan, -inf, log(0.5), log(2.0), nan},
+                        8, "log", be);
+            /* maximum/minimum propagate NaN from either side (NumPy) */
+            check_tiled(ms_maximum_scalar(tx, 0), (double[]){nan, 0, inf, 0, 0, 0.5, 2, nan}, 8,
+                        "maximum_scalar(x, 0)", be);
+            check_tiled(ms_minimum_scalar(tx, 0), (double[]){nan, -inf, 0, -1, 0, 0, 0, nan}, 8,
+                        "minimum_scalar(x, 0)", be);
+            check_tiled(ms_maximum_scalar(tx, nan), (double[]){nan, nan, nan, nan, nan, nan, nan,
+                                                               nan}, 8, "maximum_scalar(x, NaN)",
+                        be);
+            const double y[8] = {1, nan, -inf, inf, nan, 0.5, -3, 7};
+            ms_tensor *ty = tiled(dt, rows, y, 8);
+            check_tiled(ms_maximum(tx, ty), (double[]){nan, nan, inf, inf, nan, 0.5, 2, nan}, 8,
+                        "maximum", be);
+            check_tiled(ms_minimum(tx, ty), (double[]){nan, nan, -inf, -1, nan, 0.5, -3, nan}, 8,
+                        "minimum", be);
+            check_tiled(ms_add(tx, ty), (double[]){nan, nan, nan, inf, nan, 1, -1, nan}, 8, "add",
+                        be);
+            check_tiled(ms_mul(tx, ty), (double[]){nan, nan, -inf, -inf, nan, 0.25, -6, nan}, 8,
+                        "mul", be);
+            /* ordered comparisons with NaN are false, != is true */
+            check_tiled(ms_greater(tx, ty), (double[]){0, 0, 1, 0, 0, 0, 1, 0}, 8, "greater", be);
+            check_tiled(ms_less_equal(tx, ty), (double[]){0, 0, 0, 1, 0, 1, 0, 0}, 8,
+                        "less_equal", be);
+            check_tiled(ms_not_equal(tx, ty), (double[]){1, 1, 1, 1, 1, 0, 1, 1}, 8, "not_equal",
+                        be);
+            /* where: a NaN condition is true; values pass unchanged */
+            check_tiled(ms_where(tx, ty, tx), (double[]){1, nan, -inf, inf, -0.0, 0.5, -3, 7}, 8,
+                        "where", be);
+
+            /* rows of 4: reductions along them and softmax over them */
+            const double r[16] = {1, nan, 2, 3,          /* NaN */
+                                  1, inf, 2, -inf,       /* +inf and -inf */
+                                  -inf, -inf, -inf, -inf, /* only -inf */
+                                  0, -inf, 0.5, 0};      /* some -inf */
+            ms_tensor *tr = ms_reshape(tiled(dt, rows, r, 16), 2, (int64_t[]){-1, 4});
+            const int last[1] = {-1};
+            check_tiled(ms_max(tr, 1, last, false), (double[]){nan, inf, -inf, 0.5}, 4, "max", be);
+            check_tiled(ms_min(tr, 1, last, false), (double[]){nan, -inf, -inf, -inf}, 4, "min",
+                        be);
+            check_tiled(ms_sum(tr, 1, last, false), (double[]){nan, nan, -inf, -inf}, 4, "sum", be);
+            check_tiled(ms_mean(tr, 1, last, false), (double[]){nan, nan, -inf, -inf}, 4, "mean",
+                        be);
+            const double e0 = 1 / (2 + exp(0.5)), e5 = exp(0.5) / (2 + exp(0.5));
+            check_tiled(ms_softmax(tr, -1),
+                        (double[]){nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan,
+                                   e0, 0, e5, e0}, 16, "softmax", be);
+            check_tiled(ms_log_softmax(tr, -1),
+                        (double[]){nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan,
+                                   log(e0), -inf, log(e5), log(e0)}, 16, "log_softmax", be);
+            /* the same rows as columns: softmax along axis 0 */
+            if (!big) {
+                ms_tensor *tc = ms_transpose(tr);
+                ms_tensor *sc = ms_transpose(ms_softmax(tc, 0));
+                check_tiled(sc, (double[]){nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan,
+                                           nan, e0, 0, e5, e0}, 16, "softmax axis 0", be);
+                check_tiled(ms_max(tc, 1, (int[]){0}, false), (double[]){nan, inf, -inf, 0.5}, 4,
+                            "max axis 0", be);
+            }
+            check_no_error();
+            ms_scope_pop();
+        }
+        ck_assert_int_eq(metastep_unset_backend(), MS_OK);
+    }
+    ck_assert_int_ge(ran, 1);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- main */
 
 static TCase *tcase(Suite *s, const char *name)
@@ -1082,6 +1226,8 @@ int main(void)
     tcase_add_loop_test(tc, where_cases, 0, 2);
     tc = tcase(s, "softmax");
     tcase_add_loop_test(tc, softmax_cases, 0, 2);
+    tc = tcase(s, "nonfinite");
+    tcase_add_loop_test(tc, nonfinite_values, 0, 2);
     tc = tcase(s, "lifetime");
     tcase_add_loop_test(tc, no_scope_no_leak, 0, 2);
     SRunner *r = srunner_create(s);

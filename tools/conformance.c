@@ -23,6 +23,7 @@
 #define SENTINEL (-777.25)
 #define GUARD_VALUE 777.0
 #define BIG_N 1048583 /* elementwise cases larger than L2 (about 1M, odd) */
+#define NF_BIG_N 20011 /* non-finite cases above oneDNN's default threshold (16384) */
 
 /* ------------------------------------------------------------------------ */
 /* tolerances: the one table                                                  */
@@ -603,18 +604,54 @@ static const double SPECIALS[] = {0.0, -0.0, 1.0, -1.0, 0.5, -2.0, INFINITY, -IN
                                   100.0, -100.0, 1e-3, -1e-3};
 #define NSPECIALS ((int64_t)(sizeof SPECIALS / sizeof *SPECIALS))
 
+/* Non-finite values for the scattered cases: NaN and both infinities, or the
+ * infinities alone (so that a kernel that declines NaN inputs still runs on
+ * infinities). */
+static const double NONFINITE[] = {NAN, INFINITY, -INFINITY};
+static const double INFINITIES[] = {INFINITY, -INFINITY};
+/* NF_NEG_INF (softmax only): rows with some -inf and a finite maximum. */
+typedef enum nf_kind { NF_NONE = 0, NF_ALL, NF_INF, NF_NEG_INF } nf_kind;
+
+/* Overwrite about one element in `every` of a buffer of n with a non-finite
+ * value, at positions picked by a hash of the index (salted, so that two
+ * operands differ): they land in every vector lane, in loop tails and in
+ * different rows. */
+static void scatter_nonfinite(ms_dtype dt, void *p, int64_t n, int64_t every, nf_kind kind,
+                              uint64_t salt)
+{
+    if (!p || kind == NF_NONE || every <= 0)
+        return;
+    const double *vals = kind == NF_INF ? INFINITIES : NONFINITE;
+    const uint64_t nv = kind == NF_INF ? 2 : 3;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t h = ((uint64_t)i + salt * 0x632BE59BD9B4E019ull) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 31;
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 29;
+        if (h % (uint64_t)every == 0)
+            put(dt, p, i, vals[(h / (uint64_t)every) % nv]);
+    }
+}
+
+static const char *nf_label(nf_kind kind)
+{
+    return kind == NF_ALL ? ", NaN/+inf/-inf scattered"
+           : kind == NF_INF ? ", +inf/-inf scattered" : "";
+}
+
 static void case_unary(ctx *c, ms_unary_op op, ms_dtype dt, int64_t n, bool inplace,
-                       bool specials)
+                       bool specials, nf_kind nf)
 {
     const char *name = ms_unary_op_name(op);
     conf_row *row = row_get(c, "unary", name, dt);
     void *x = rand_buf(c, dt, n, unary_dom(op)), *yr = NULL, *yc = NULL;
+    scatter_nonfinite(dt, x, n, 5, nf, 1);
     if (x && specials)
         for (int64_t i = 0; i < n && i < NSPECIALS; i++)
             put(dt, x, i, SPECIALS[i]);
-    char desc[96];
-    snprintf(desc, sizeof desc, "n %lld%s%s", (long long)n, inplace ? ", in place" : "",
-             specials ? ", IEEE specials" : "");
+    char desc[128];
+    snprintf(desc, sizeof desc, "n %lld%s%s%s", (long long)n, inplace ? ", in place" : "",
+             specials ? ", IEEE specials" : "", nf_label(nf));
     ms_status sr = MS_ERR_NOMEM, sc = MS_ERR_NOMEM;
     if (x && out_pair(c, dt, n, inplace ? x : NULL, false, &yr, &yc)) {
         sr = c->ref->unary(op, dt, n, inplace ? yr : x, yr);
@@ -633,9 +670,16 @@ static void family_unary(ctx *c)
         ms_dtype dt = (ms_dtype)dti;
         for (int op = 0; op < MS_UNARY_COUNT; op++) {
             for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
-                case_unary(c, (ms_unary_op)op, dt, sizes[i], false, false);
-            case_unary(c, (ms_unary_op)op, dt, 33, true, false);
-            case_unary(c, (ms_unary_op)op, dt, 37, false, true);
+                case_unary(c, (ms_unary_op)op, dt, sizes[i], false, false, NF_NONE);
+            case_unary(c, (ms_unary_op)op, dt, 33, true, false, NF_NONE);
+            case_unary(c, (ms_unary_op)op, dt, 37, false, true, NF_NONE);
+            /* Non-finite inputs everywhere; the large ones exceed oneDNN's
+             * default size threshold, so its primitives see them too. */
+            case_unary(c, (ms_unary_op)op, dt, 1000, false, false, NF_ALL);
+            case_unary(c, (ms_unary_op)op, dt, 1000, true, false, NF_ALL);
+            case_unary(c, (ms_unary_op)op, dt, 1000, false, false, NF_INF);
+            case_unary(c, (ms_unary_op)op, dt, NF_BIG_N, false, true, NF_ALL);
+            case_unary(c, (ms_unary_op)op, dt, NF_BIG_N, true, false, NF_INF);
         }
     }
 }
@@ -655,7 +699,8 @@ static void binary_doms(ms_binary_op op, dom *da, dom *db)
         *da = *db = DOM_QUANT;
 }
 
-static void case_binary(ctx *c, ms_binary_op op, ms_dtype dt, const layout *L, bool specials)
+static void case_binary(ctx *c, ms_binary_op op, ms_dtype dt, const layout *L, bool specials,
+                        nf_kind nf)
 {
     const char *name = ms_binary_op_name(op);
     conf_row *row = row_get(c, "binary", name, dt);
@@ -664,6 +709,8 @@ static void case_binary(ctx *c, ms_binary_op op, ms_dtype dt, const layout *L, b
     const int64_t n = numel_of(L->nd, L->shape);
     void *a = rand_buf(c, dt, L->span[0], da), *b = rand_buf(c, dt, L->span[1], db);
     void *yr = NULL, *yc = NULL;
+    scatter_nonfinite(dt, a, L->span[0], 6, nf, 2);
+    scatter_nonfinite(dt, b, L->span[1], 7, nf, 3);
     if (a && b && specials) {
         for (int64_t i = 0; i < L->span[0] && i < NSPECIALS; i++)
             put(dt, a, i, SPECIALS[i]);
@@ -675,6 +722,7 @@ static void case_binary(ctx *c, ms_binary_op op, ms_dtype dt, const layout *L, b
     describe(desc, sizeof desc, L, 2, names);
     if (specials)
         strncat(desc, ", IEEE specials", sizeof desc - strlen(desc) - 1);
+    strncat(desc, nf_label(nf), sizeof desc - strlen(desc) - 1);
     ms_status sr = MS_ERR_NOMEM, sc = MS_ERR_NOMEM;
     if (a && b && out_pair(c, dt, n, NULL, false, &yr, &yc)) {
         sr = c->ref->binary(op, dt, L->nd, L->shape, a, L->st[0], b, L->st[1], yr);
@@ -686,20 +734,43 @@ static void case_binary(ctx *c, ms_binary_op op, ms_dtype dt, const layout *L, b
     case_end(c);
 }
 
+/* Layouts for the non-finite binary cases: contiguous, either operand
+ * broadcast along rows (oneDNN swaps a broadcast first operand), transposed,
+ * and the large ones above oneDNN's default threshold. */
+static int nonfinite_layouts(layout *out)
+{
+    int n = 0;
+    const int64_t s1 = 1000, big = NF_BIG_N, s2[2] = {163, 131}, s3[3] = {5, 6, 7};
+    out[n++] = mk(1, &s1);
+    out[n++] = mk(1, &big);
+    out[n] = mk(2, s2);
+    set_operand(&out[n++], 1, K_BCAST, 1u);
+    out[n] = mk(2, s2);
+    set_operand(&out[n++], 0, K_BCAST, 1u);
+    out[n] = mk(2, s2);
+    set_operand(&out[n++], 1, K_BCAST, 2u);
+    out[n] = mk(3, s3);
+    set_operand(&out[n++], 0, K_TRANS, 0);
+    return n;
+}
+
 static void family_binary(ctx *c)
 {
-    layout Ls[MAX_LAYOUTS];
+    layout Ls[MAX_LAYOUTS], Nf[8];
     int nl = build_layouts(Ls, MAX_LAYOUTS, 2, 0);
+    int nnf = nonfinite_layouts(Nf);
     for (int dti = 0; dti < 2; dti++) {
         ms_dtype dt = (ms_dtype)dti;
         for (int op = 0; op < MS_BINARY_COUNT; op++) {
             for (int i = 0; i < nl; i++)
                 if (!Ls[i].big || dt == MS_F32)
-                    case_binary(c, (ms_binary_op)op, dt, &Ls[i], false);
-            if (op != MS_BINARY_POW && op != MS_BINARY_DIV) {
-                const int64_t ns = NSPECIALS;
-                layout L = mk(1, &ns);
-                case_binary(c, (ms_binary_op)op, dt, &L, true);
+                    case_binary(c, (ms_binary_op)op, dt, &Ls[i], false, NF_NONE);
+            const int64_t ns = NSPECIALS;
+            layout L = mk(1, &ns);
+            case_binary(c, (ms_binary_op)op, dt, &L, true, NF_NONE);
+            for (int i = 0; i < nnf; i++) {
+                case_binary(c, (ms_binary_op)op, dt, &Nf[i], false, NF_ALL);
+                case_binary(c, (ms_binary_op)op, dt, &Nf[i], false, NF_INF);
             }
         }
     }
@@ -710,7 +781,7 @@ static void family_binary(ctx *c)
 /* ------------------------------------------------------------------------ */
 
 static void case_reduce(ctx *c, ms_reduce_op op, ms_dtype dt, int nd, const int64_t *shape,
-                        uint32_t axes, bool with_nan)
+                        uint32_t axes, bool with_nan, nf_kind nf, int64_t every)
 {
     int64_t n = numel_of(nd, shape), nout = 1, count = 1;
     for (int d = 0; d < nd; d++) {
@@ -726,10 +797,15 @@ static void case_reduce(ctx *c, ms_reduce_op op, ms_dtype dt, int nd, const int6
     void *x = rand_buf(c, dt, n, DOM_UNIT), *yr = NULL, *yc = NULL;
     if (x && with_nan && n > 3)
         put(dt, x, n / 3, (double)NAN);
-    char desc[160], s[96];
+    scatter_nonfinite(dt, x, n, every, nf, 4);
+    char desc[200], s[96];
     fmt_dims(s, sizeof s, nd, shape);
-    snprintf(desc, sizeof desc, "shape %s axes mask 0x%x%s", s, (unsigned)axes,
-             with_nan ? ", one NaN" : "");
+    snprintf(desc, sizeof desc, "shape %s axes mask 0x%x%s%s", s, (unsigned)axes,
+             with_nan ? ", one NaN" : "", nf_label(nf));
+    if (nf != NF_NONE) {
+        size_t o = strlen(desc);
+        snprintf(desc + o, sizeof desc - o, " (1 in %lld)", (long long)every);
+    }
     double scale = 0;
     if (x) {
         double rx = rms(dt, x, n);
@@ -781,11 +857,25 @@ static void family_reduce(ctx *c)
                     continue;
                 for (int a = 0; a < cases[i].naxes; a++)
                     case_reduce(c, (ms_reduce_op)op, dt, cases[i].nd, cases[i].shape,
-                                cases[i].axes[a], false);
+                                cases[i].axes[a], false, NF_NONE, 0);
             }
             const int64_t s3[3] = {5, 6, 7};
-            case_reduce(c, (ms_reduce_op)op, dt, 3, s3, 4, true);
-            case_reduce(c, (ms_reduce_op)op, dt, 3, s3, 7, true);
+            case_reduce(c, (ms_reduce_op)op, dt, 3, s3, 4, true, NF_NONE, 0);
+            case_reduce(c, (ms_reduce_op)op, dt, 3, s3, 7, true, NF_NONE, 0);
+            /* Scattered NaN and infinities, sparse enough that some outputs
+             * see none, one or several (+inf with -inf: NaN sums); the
+             * (64,300) cases exceed oneDNN's default threshold. */
+            for (int k = NF_ALL; k <= NF_INF; k++) {
+                const nf_kind nf = (nf_kind)k;
+                static const uint32_t ax3[] = {1, 2, 4, 5, 7};
+                for (size_t a = 0; a < sizeof ax3 / sizeof *ax3; a++)
+                    case_reduce(c, (ms_reduce_op)op, dt, 3, s3, ax3[a], false, nf, 13);
+                const int64_t s2[2] = {64, 300}, s1 = 1000;
+                for (uint32_t a = 1; a <= 3; a++)
+                    case_reduce(c, (ms_reduce_op)op, dt, 2, s2, a, false, nf, 257);
+                case_reduce(c, (ms_reduce_op)op, dt, 2, s2, 2, false, nf, 40);
+                case_reduce(c, (ms_reduce_op)op, dt, 1, &s1, 1, false, nf, 5);
+            }
         }
     }
 }
@@ -962,7 +1052,7 @@ static void case_arange(ctx *c, ms_dtype dt, int64_t n, double start, double ste
     case_end(c);
 }
 
-static void case_where(ctx *c, ms_dtype dt, const layout *L)
+static void case_where(ctx *c, ms_dtype dt, const layout *L, nf_kind nf)
 {
     conf_row *row = row_get(c, "where", NULL, dt);
     const int64_t n = numel_of(L->nd, L->shape);
@@ -970,9 +1060,14 @@ static void case_where(ctx *c, ms_dtype dt, const layout *L)
     void *b = rand_buf(c, dt, L->span[2], DOM_ANY), *yr = NULL, *yc = NULL;
     if (cd && L->span[0] > 2)
         put(dt, cd, 1, (double)NAN); /* NaN != 0: selects a */
-    char desc[240];
+    /* non-finite conditions select a; non-finite values pass through */
+    scatter_nonfinite(dt, cd, L->span[0], 9, nf, 5);
+    scatter_nonfinite(dt, a, L->span[1], 4, nf, 6);
+    scatter_nonfinite(dt, b, L->span[2], 5, nf, 7);
+    char desc[260];
     static const char *const names[] = {"c", "a", "b"};
     describe(desc, sizeof desc, L, 3, names);
+    strncat(desc, nf_label(nf), sizeof desc - strlen(desc) - 1);
     ms_status sr = MS_ERR_NOMEM, sc = MS_ERR_NOMEM;
     if (cd && a && b && out_pair(c, dt, n, NULL, false, &yr, &yc)) {
         sr = c->ref->where(dt, L->nd, L->shape, cd, L->st[0], a, L->st[1], b, L->st[2], yr);
@@ -1029,15 +1124,70 @@ static void family_where(ctx *c)
     for (int dti = 0; dti < 2; dti++)
         for (int i = 0; i < nl; i++)
             if (!Ls[i].big || dti == MS_F32)
-                case_where(c, (ms_dtype)dti, &Ls[i]);
+                case_where(c, (ms_dtype)dti, &Ls[i], NF_NONE);
+    layout Nf[8];
+    int nnf = nonfinite_layouts(Nf);
+    for (int dti = 0; dti < 2; dti++)
+        for (int i = 0; i < nnf; i++)
+            case_where(c, (ms_dtype)dti, &Nf[i], NF_ALL);
 }
 
 /* ------------------------------------------------------------------------ */
 /* softmax                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* Non-finite softmax rows: row r (of outer*inner) gets pattern r % 8, or
+ * with NF_NEG_INF one of the patterns without NaN or +inf that keep a finite
+ * maximum (0, 4, 7). */
+static void softmax_nonfinite_rows(ms_dtype dt, void *x, int64_t outer, int64_t len,
+                                   int64_t inner, nf_kind nf)
+{
+    static const int neg_inf_only[3] = {0, 4, 7};
+    const bool no_nan = nf != NF_ALL;
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < inner; j++) {
+            const int64_t r = o * inner + j, base = o * len * inner + j;
+            const int64_t at = (r * 7 + 3) % len, at2 = (r * 3 + 1) % len;
+            const int pattern = nf == NF_NEG_INF ? neg_inf_only[r % 3] : (int)(r % 8);
+#define X(i) (base + (i) * inner)
+            switch (pattern) {
+            case 0: break; /* finite */
+            case 1: /* a NaN: the row is NaN */
+                put(dt, x, X(at), no_nan ? -INFINITY : (double)NAN);
+                break;
+            case 2: /* one +inf: the row is NaN (inf - inf) */
+                put(dt, x, X(at), INFINITY);
+                break;
+            case 3: /* every entry -inf: NaN (-inf - -inf) */
+                for (int64_t i = 0; i < len; i++)
+                    put(dt, x, X(i), -INFINITY);
+                break;
+            case 4: /* some -inf: probability 0, log-probability -inf */
+                for (int64_t i = at % 3; i < len; i += 3)
+                    put(dt, x, X(i), -INFINITY);
+                break;
+            case 5: /* +inf and -inf */
+                put(dt, x, X(at2), -INFINITY);
+                put(dt, x, X(at), INFINITY);
+                break;
+            case 6: /* NaN among -inf */
+                for (int64_t i = 0; i < len; i++)
+                    put(dt, x, X(i), -INFINITY);
+                if (!no_nan)
+                    put(dt, x, X(at), (double)NAN);
+                break;
+            default: /* all but one -inf: that one gets probability 1 */
+                for (int64_t i = 0; i < len; i++)
+                    if (i != at)
+                        put(dt, x, X(i), -INFINITY);
+                break;
+            }
+#undef X
+        }
+}
+
 static void case_softmax(ctx *c, ms_dtype dt, bool lg, int64_t outer, int64_t len,
-                         int64_t inner, dom d, bool neg_inf)
+                         int64_t inner, dom d, bool neg_inf, nf_kind nf)
 {
     const char *name = lg ? "log_softmax" : "softmax";
     conf_row *row = row_get(c, "softmax", name, dt);
@@ -1046,10 +1196,16 @@ static void case_softmax(ctx *c, ms_dtype dt, bool lg, int64_t outer, int64_t le
     if (x && neg_inf)
         for (int64_t i = 0; i < n; i += 5)
             put(dt, x, i, -INFINITY);
-    char desc[120];
-    snprintf(desc, sizeof desc, "outer %lld len %lld inner %lld%s%s", (long long)outer,
+    if (x && nf != NF_NONE)
+        softmax_nonfinite_rows(dt, x, outer, len, inner, nf);
+    char desc[160];
+    snprintf(desc, sizeof desc, "outer %lld len %lld inner %lld%s%s%s", (long long)outer,
              (long long)len, (long long)inner, d == DOM_HUGE ? ", inputs in [-100,100)" : "",
-             neg_inf ? ", some -inf" : "");
+             neg_inf ? ", some -inf" : "",
+             nf == NF_ALL       ? ", rows with NaN, +inf, -inf"
+             : nf == NF_INF     ? ", rows with +inf, -inf"
+             : nf == NF_NEG_INF ? ", rows with some -inf"
+                                : "");
     ms_status sr = MS_ERR_NOMEM, sc = MS_ERR_NOMEM;
     if (x && out_pair(c, dt, n, NULL, false, &yr, &yc)) {
         sr = c->ref->softmax(dt, lg, outer, len, inner, x, yr);
@@ -1071,13 +1227,21 @@ static void family_softmax(ctx *c)
             ms_dtype dt = (ms_dtype)dti;
             for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
                 case_softmax(c, dt, lg, shapes[i][0], shapes[i][1], shapes[i][2], DOM_WIDE,
-                             false);
-            case_softmax(c, dt, lg, 5, 13, 1, DOM_HUGE, false);
-            case_softmax(c, dt, lg, 2, 6, 9, DOM_HUGE, false);
-            case_softmax(c, dt, lg, 3, 13, 4, DOM_WIDE, true);
-            case_softmax(c, dt, lg, 6, 11, 1, DOM_WIDE, true);
+                             false, NF_NONE);
+            case_softmax(c, dt, lg, 5, 13, 1, DOM_HUGE, false, NF_NONE);
+            case_softmax(c, dt, lg, 2, 6, 9, DOM_HUGE, false, NF_NONE);
+            case_softmax(c, dt, lg, 3, 13, 4, DOM_WIDE, true, NF_NONE);
+            case_softmax(c, dt, lg, 6, 11, 1, DOM_WIDE, true, NF_NONE);
             if (dt == MS_F32)
-                case_softmax(c, dt, lg, 256, 4099, 1, DOM_WIDE, false);
+                case_softmax(c, dt, lg, 256, 4099, 1, DOM_WIDE, false, NF_NONE);
+            /* Rows holding NaN, +inf, only -inf...; the last two cases
+             * exceed oneDNN's default threshold. */
+            static const int64_t nfs[][3] = {{16, 13, 1}, {1, 6, 1}, {3, 9, 5}, {2, 7, 300},
+                                             {300, 61, 1}, {40, 50, 10}};
+            for (int k = NF_ALL; k <= NF_NEG_INF; k++)
+                for (size_t i = 0; i < sizeof nfs / sizeof *nfs; i++)
+                    case_softmax(c, dt, lg, nfs[i][0], nfs[i][1], nfs[i][2], DOM_WIDE, false,
+                                 (nf_kind)k);
         }
     }
 }

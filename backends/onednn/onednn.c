@@ -7,7 +7,8 @@
  * sign/sin/cos and pow (not in oneDNN 2.6); log and log-softmax (oneDNN's
  * log is off by ~4e-6 absolute); and, because oneDNN 2.6 mishandles NaN,
  * exp/relu/max/min/lt/le/gt/ge calls and max/min reductions whose inputs
- * hold a NaN (checked by a scan before the call).
+ * hold a NaN, and softmax calls with a row the reference makes NaN (a NaN,
+ * a +inf, or nothing but -inf), each checked by a scan before the call.
  *
  * Small problems are declined too: a oneDNN call costs microseconds of
  * primitive execution and OpenMP fork/join, far more than the reference
@@ -482,6 +483,46 @@ static bool any_nan(const float *x, int nd, const int64_t *shape, const int64_t 
         if (d < 0)
             return false;
     }
+}
+
+/* Whether softmax over x, viewed as (outer, len, inner), has a row oneDNN
+ * 2.6 gets wrong.  The reference gives NaN for the whole row when the row
+ * holds a NaN or a +inf (inf - inf, as PyTorch) and when every entry is
+ * -inf (-inf - -inf); oneDNN's max drops NaN and its exp flushes NaN to 0.
+ * One pass looks for NaN, +inf and -inf; only when some -inf turned up are
+ * rows checked for being all -inf (each row stops at its first other
+ * value).  Rows with some -inf and a finite max are fine on oneDNN. */
+static bool softmax_has_bad_row(const float *x, int64_t outer, int64_t len, int64_t inner)
+{
+    const int64_t n = outer * len * inner;
+    int bad = 0, neg_inf = 0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        for (int j = 0; j < 64; j++) {
+            bad |= !(x[i + j] < INFINITY); /* NaN or +inf */
+            neg_inf |= x[i + j] == -INFINITY;
+        }
+        if (bad)
+            return true;
+    }
+    for (; i < n; i++) {
+        bad |= !(x[i] < INFINITY);
+        neg_inf |= x[i] == -INFINITY;
+    }
+    if (bad)
+        return true;
+    if (!neg_inf)
+        return false;
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t j = 0; j < inner; j++) {
+            const float *row = x + o * len * inner + j;
+            int64_t r = 0;
+            while (r < len && row[r * inner] == -INFINITY)
+                r++;
+            if (r == len)
+                return true;
+        }
+    return false;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1020,6 +1061,9 @@ static ms_status dnnl_softmax_kernel(ms_dtype dt, bool log, int64_t outer, int64
      * absolute, too much for log-probabilities near 0 (the reference serves
      * it). */
     if (log)
+        return MS_ERR_UNSUPPORTED;
+    /* Rows the reference makes NaN: oneDNN 2.6 gives 0 or finite values. */
+    if (softmax_has_bad_row(x, outer, len, inner))
         return MS_ERR_UNSUPPORTED;
     if (!engine_ready())
         return MS_ERR_UNSUPPORTED;

@@ -114,7 +114,8 @@ static inline void iter_next(const ref_iter *it, int64_t *idx, int64_t *off, int
             UNARY_LOOP(T, v >= 0 ? (T)1 / ((T)1 + exp##F(-v))                 \
                                  : exp##F(v) / ((T)1 + exp##F(v)));           \
             break;                                                            \
-        case MS_UNARY_RELU: UNARY_LOOP(T, v > 0 ? v : (T)0); break;           \
+        /* NaN propagates (NumPy, PyTorch): only v <= 0 gives 0. */          \
+        case MS_UNARY_RELU: UNARY_LOOP(T, v <= 0 ? (T)0 : v); break;          \
         case MS_UNARY_SIN: UNARY_LOOP(T, sin##F(v)); break;                   \
         case MS_UNARY_COS: UNARY_LOOP(T, cos##F(v)); break;                   \
         default: break;                                                       \

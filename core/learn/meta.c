@@ -6,6 +6,7 @@
  * references) or retained explicitly; in second-order mode the graph itself
  * keeps alive what the final gradient needs, and nothing else. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,14 +108,77 @@ static ms_status check_cost(const meta_cfg *c, const ms_tensor *cost, const char
     return MS_OK;
 }
 
-/* Gradient of cost with respect to wrt, times num_tasks when batched. */
+/* Index of t's first NaN or infinite element, or -1.  The data is eager host
+ * memory, read in one pass; blocks of branch-free tests let the compiler
+ * vectorise it (x - x is 0 unless x is NaN or infinite). */
+#define SCAN_NONFINITE(T)                                                                    \
+    do {                                                                                     \
+        const T *x = (const T *)ms_tensor_data(t);                                           \
+        for (int64_t i0 = 0; i0 < n; i0 += 256) {                                            \
+            const int64_t len = n - i0 < 256 ? n - i0 : 256;                                 \
+            int bad = 0;                                                                     \
+            for (int64_t i = 0; i < len; i++)                                                \
+                bad |= (x[i0 + i] - x[i0 + i]) != 0;                                         \
+            for (int64_t i = 0; bad && i < len; i++)                                         \
+                if (!isfinite(x[i0 + i]))                                                    \
+                    return i0 + i;                                                           \
+        }                                                                                    \
+    } while (0)
+
+static int64_t first_nonfinite(const ms_tensor *t)
+{
+    const int64_t n = ms_tensor_numel(t);
+    if (ms_tensor_dtype(t) == MS_F32)
+        SCAN_NONFINITE(float);
+    else
+        SCAN_NONFINITE(double);
+    return -1;
+}
+#undef SCAN_NONFINITE
+
+/* A gradient with a NaN or an infinity is refused, as a non-finite cost is.
+ * Ivy replaces such entries by 0, which silently stops that variable from
+ * learning and hides the bug that produced the value (the usual fix is in
+ * the cost: sqrt(x + eps) rather than sqrt(x)).  task < 0: the gradient of
+ * the mean over every task. */
+static ms_status check_grads(const meta_cfg *c, const ms_container *g, const char *which,
+                             int step, int task)
+{
+    for (int i = 0; g && i < ms_container_size(g); i++) {
+        const ms_tensor *t = ms_container_at(g, i);
+        const int64_t at = first_nonfinite(t);
+        if (at < 0)
+            continue;
+        const void *data = ms_tensor_data(t);
+        const double v = ms_tensor_dtype(t) == MS_F32 ? (double)((const float *)data)[at]
+                                                      : ((const double *)data)[at];
+        char where[64];
+        if (task >= 0)
+            snprintf(where, sizeof where, "at step %d of task %d", step, task);
+        else
+            snprintf(where, sizeof where, "after step %d (mean over the tasks)", step);
+        return ms__fail(MS_ERR_NUMERIC,
+                        "%s: the %s gradient for '%s' is %s (element %lld) %s; non-finite "
+                        "gradients are refused, not zeroed: make the cost differentiable there "
+                        "(e.g. sqrt(x + eps))",
+                        c->fn, which, ms_container_key(g, i),
+                        isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf", (long long)at, where);
+    }
+    return MS_OK;
+}
+
+/* Gradient of cost with respect to wrt, times num_tasks when batched;
+ * refused when not finite (which/step/task name it). */
 static ms_status grads_of(const meta_cfg *c, ms_tensor *cost, const ms_container *wrt,
-                          bool create_graph, ms_container **g)
+                          bool create_graph, ms_container **g, const char *which, int step,
+                          int task)
 {
     ms_status st = ms_grad(cost, wrt, create_graph, g);
     if (st == MS_OK && c->batched && c->num_tasks != 1)
         swap_in(g, ms_container_mul_scalar(*g, (double)c->num_tasks));
-    return st != MS_OK ? st : *g ? MS_OK : ms_last_error(NULL);
+    if (st == MS_OK && !*g)
+        st = ms_last_error(NULL);
+    return st != MS_OK ? st : check_grads(c, *g, which, step, task);
 }
 
 /* Add g to the running sum of contributions (or make it the last one). */
@@ -154,7 +218,7 @@ static ms_status outer_cost(const meta_cfg *c, metastep_cost_fn fn, const ms_con
     }
     ms_container *g = NULL;
     if (st == MS_OK)
-        st = grads_of(c, *cost, ov, false, &g);
+        st = grads_of(c, *cost, ov, false, &g, "outer", step, task);
     if (st == MS_OK && keep)
         st = keep_contribution(o, g, count, c->avg);
     else
@@ -195,7 +259,7 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
             st = check_cost(c, cost, "inner", i, task);
         }
         if (st == MS_OK)
-            st = grads_of(c, cost, iv, c->order == 2, &g);
+            st = grads_of(c, cost, iv, c->order == 2, &g, "inner", i, task);
         if (st == MS_OK) {
             if (inner_is_outer) {
                 if (c->order == 1) /* the update direction is also the contribution */
@@ -330,6 +394,8 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
             if (c->per_task_wrt) {
                 swap_in(&o.grads, NULL);
                 st = ms_grad(o.cost, c->per_task_wrt, false, &o.grads);
+                if (st == MS_OK)
+                    st = check_grads(c, o.grads, "outer", c->steps, t);
                 carry(&o.cost, ms_stop_gradient(o.cost));
                 swap_in(&o.vars, ms_container_stop_gradient(o.vars));
             }
@@ -560,8 +626,11 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     if (st == MS_OK)
         st = train_tasks(&c, batch, vars ? vars : ov, o.inner_batch_fn, o.outer_batch_fn,
                          o.return_inner_v, &cost, &grads, &inner_v);
-    if (st == MS_OK && !c.per_task_wrt)
+    if (st == MS_OK && !c.per_task_wrt) {
         st = ms_grad(cost, ov, false, &grads);
+        if (st == MS_OK)
+            st = check_grads(&c, grads, "outer", c.steps, c.batched ? 0 : -1);
+    }
     if (st == MS_OK && c.batched) {
         swap_in(&grads, ms_container_sum(grads, 0));
         st = grads ? MS_OK : ms_last_error(NULL);

@@ -43,6 +43,9 @@ bool ms_grad_enabled(void);
  * create_graph the gradients carry their own graph and can be differentiated
  * again; without it backward runs unrecorded and y's graph is consumed (a
  * second ms_grad through it fails with MS_ERR_GRAPH).
+ * Gradients are plain IEEE values: an infinite or NaN partial derivative
+ * (d sqrt(w)/dw at w = 0 is inf) is returned as computed, never replaced by
+ * 0 as Ivy does; the meta steps refuse such gradients (meta.h).
  * Errors: MS_ERR_NULL_ARG; MS_ERR_GRAPH for a y with more than one element,
  * or for a graph already consumed; MS_ERR_NOMEM. */
 ms_status ms_grad(const ms_tensor *y, const ms_container *wrt, bool create_graph,

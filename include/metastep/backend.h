@@ -40,7 +40,10 @@ extern "C" {
 #define MS_BACKEND_ABI_MINOR 0
 #define MS_BACKEND_ENTRY_SYMBOL "metastep_backend_entry"
 
-/* Elementwise unary ops: y = op(x).  Values are fixed (ABI). */
+/* Elementwise unary ops: y = op(x).  Values are fixed (ABI).  NaN in gives
+ * NaN out for every op, as in NumPy and PyTorch: relu(NaN) and sign(NaN) are
+ * NaN; infinities follow IEEE and libm (relu(-inf) 0, sigmoid(±inf) 1 and 0,
+ * exp(-inf) 0).  docs/semantics.md, "Non-finite values". */
 typedef enum ms_unary_op {
     MS_UNARY_NEG = 0, MS_UNARY_ABS, MS_UNARY_SIGN, MS_UNARY_EXP, MS_UNARY_LOG,
     MS_UNARY_SQRT, MS_UNARY_SQUARE, MS_UNARY_RECIPROCAL, MS_UNARY_TANH,
@@ -49,7 +52,8 @@ typedef enum ms_unary_op {
 } ms_unary_op;
 
 /* Elementwise binary ops: y = a op b.  Comparisons give 1.0 or 0.0 in the
- * operands' dtype.  MAXIMUM/MINIMUM propagate NaN like NumPy. */
+ * operands' dtype (with a NaN operand: 0, except NE 1).  MAXIMUM/MINIMUM
+ * propagate NaN like NumPy; the arithmetic ops follow IEEE. */
 typedef enum ms_binary_op {
     MS_BINARY_ADD = 0, MS_BINARY_SUB, MS_BINARY_MUL, MS_BINARY_DIV, MS_BINARY_POW,
     MS_BINARY_MAXIMUM, MS_BINARY_MINIMUM,
@@ -59,7 +63,9 @@ typedef enum ms_binary_op {
 
 /* Reductions.  MEAN divides the sum by the number of reduced elements; the
  * mean of zero elements is NaN, the max/min of zero elements is refused by the
- * frontend before the kernel is called. */
+ * frontend before the kernel is called.  A NaN among the reduced elements
+ * makes the result NaN for every op (MAX/MIN too, as NumPy's max); a sum
+ * meeting +inf and -inf is NaN. */
 typedef enum ms_reduce_op {
     MS_REDUCE_SUM = 0, MS_REDUCE_MEAN, MS_REDUCE_MAX, MS_REDUCE_MIN,
     MS_REDUCE_COUNT
@@ -113,7 +119,9 @@ typedef struct ms_backend {
 
     /* Softmax (or log-softmax when `log`) of contiguous x viewed as
      * (outer, len, inner) along the middle axis; numerically stable (max
-     * subtracted).  len >= 1. */
+     * subtracted).  len >= 1.  A row holding a NaN or a +inf, or whose
+     * entries are all -inf, is NaN throughout (PyTorch); a -inf in a row with
+     * a finite maximum gives 0 (log-softmax: -inf). */
     ms_status (*softmax)(ms_dtype dt, bool log, int64_t outer, int64_t len, int64_t inner,
                          const void *x, void *y);
 
@@ -125,7 +133,7 @@ typedef struct ms_backend {
     ms_status (*arange)(ms_dtype dt, int64_t n, double start, double step, void *y);
 
     /* y = (c != 0) ? a : b over `shape`, y contiguous, c/a/b strided as in binary;
-     * c has dtype dt too. */
+     * c has dtype dt too (a NaN condition selects a).  Values pass unchanged. */
     ms_status (*where)(ms_dtype dt, int ndim, const int64_t *shape,
                        const void *c, const int64_t *sc, const void *a, const int64_t *sa,
                        const void *b, const int64_t *sb, void *y);

@@ -98,7 +98,13 @@ void metastep_result_release(metastep_result *r);
  * num_tasks < 0 or larger than the batch, a cost that is NULL or not one
  * element); MS_ERR_SHAPE (batch leaves with different leading dimensions);
  * MS_ERR_KEY (an inner_v/outer_v chain that names no variable);
- * MS_ERR_NUMERIC (a NaN or infinite cost). */
+ * MS_ERR_NUMERIC (a NaN or infinite cost, or a NaN or infinite entry in an
+ * inner or outer gradient; the message names the key chain, the inner step
+ * and the task).  Unlike Ivy, which replaces non-finite gradient entries by
+ * 0, metastep refuses them: a zeroed entry silently changes the algorithm
+ * (that variable stops learning) and hides the bug that produced it.  The
+ * fix belongs in the cost function, e.g. sqrt(x + eps) instead of sqrt(x)
+ * where x reaches 0.  docs/semantics.md, "Non-finite values". */
 ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
                              metastep_cost_fn outer_cost_fn, const ms_container *variables,
                              int inner_grad_steps, double inner_learning_rate,

@@ -24,7 +24,7 @@
             case MS_UNARY_RECIPROCAL: r = 1 / v; break;                                         \
             case MS_UNARY_TANH: r = tanh##F(v); break;                                          \
             case MS_UNARY_SIGMOID: r = v >= 0 ? 1 / (1 + exp##F(-v)) : exp##F(v) / (1 + exp##F(v)); break; \
-            case MS_UNARY_RELU: r = v > 0 ? v : 0; break;                                       \
+            case MS_UNARY_RELU: r = v <= 0 ? 0 : v; break;                                      \
             case MS_UNARY_SIN: r = sin##F(v); break;                                            \
             case MS_UNARY_COS: r = cos##F(v); break;                                            \
             default: r = v; break;                                                              \
