@@ -1,5 +1,5 @@
 /* metastep conformance: check a backend's kernels, ops and gradients against
- * the reference backend (the engine is tools/conformance.c). */
+ * the reference backend (the engine is conformance/conformance.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

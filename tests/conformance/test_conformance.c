@@ -3,7 +3,7 @@
  * so that a failure names the family and, in its message, the kernels
  * (family/op/dtype).  Also checks that `metastep conformance` passes a correct
  * third-party backend and fails a wrong one, naming the wrong kernel.
- * The engine is tools/conformance.c, shared with the command. */
+ * The engine is conformance/conformance.c, shared with the command. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,8 +12,8 @@
  * ("gradcheck"); last, a few kernels run on several threads at once
  * ("threads").  Uses only the public headers.
  */
-#ifndef METASTEP_TOOLS_CONFORMANCE_H
-#define METASTEP_TOOLS_CONFORMANCE_H
+#ifndef METASTEP_CONFORMANCE_H
+#define METASTEP_CONFORMANCE_H
 
 #include <stdbool.h>
 #include <stdint.h>
