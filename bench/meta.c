@@ -21,7 +21,7 @@
  *
  * usage: bench-meta [--backends ref,openblas,onednn] [--algos maml,fomaml,reptile]
  *                   [--steps 1,5] [--modes loop,batched] [--repeats N]
- *                   [--target SECONDS] [--quick] [--json]
+ *                   [--target SECONDS] [--n N] [--inner-v K,K] [--quick] [--json]
  *                   [--only ALGO:STEPS:MODE:BACKEND]
  */
 #include <math.h>
@@ -57,6 +57,7 @@ typedef struct options {
     int modes[2], nmodes;
     int repeats;
     double target;
+    long fixed_n; /* --n: steps per repeat, no calibration (0: calibrate) */
     bool quick, json, only;
 } options;
 
@@ -180,6 +181,12 @@ static int parse_mode(const char *s, size_t len)
 /* ----------------------------------------------------------- the step */
 
 
+/* --inner-v: the key chains that adapt in maml/fomaml (ANIL: l3/w,l3/b);
+ * NULL-terminated, or NULL for all. */
+static char g_inner_v_buf[256];
+static const char *g_inner_v[8];
+static bool g_has_inner_v;
+
 /* One meta-step as tools/cmd_train.c makes it: meta step, then Adam. */
 static bool one_step(run *r, algo a, int steps, bool batched, const ms_container *batch)
 {
@@ -194,6 +201,7 @@ static bool one_step(run *r, algo a, int steps, bool batched, const ms_container
     } else if (st == MS_OK) {
         metastep_options o = METASTEP_OPTIONS_DEFAULT;
         o.batched = batched;
+        o.inner_v = g_has_inner_v ? g_inner_v : NULL;
         st = (a == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, g_task->inner_cost, g_task->outer_cost, v, steps, INNER_LR, &o, &res);
     }
@@ -239,6 +247,10 @@ static bool prepare(run *r, algo a, int steps, bool batched, const options *o)
     }
     if (!run_steps(r, a, steps, batched, 2)) /* warm-up: caches, allocator, primitives */
         return false;
+    if (o->fixed_n > 0) {
+        r->n = o->fixed_n;
+        return true;
+    }
     long n = 1;
     for (;;) {
         double t0 = clock_s(CLOCK_MONOTONIC);
@@ -321,6 +333,8 @@ static void usage(FILE *f)
             "  --repeats N         timed repeats; the median is reported  [5; --quick 3]\n"
             "  --target S          seconds per repeat                [0.5; --quick 0.15]\n"
             "  --quick             fewer and shorter repeats\n"
+            "  --n N               N steps per repeat, no calibration (for instruction counts)\n"
+            "  --inner-v K,K       maml/fomaml adapt only these key chains (ANIL: l3/w,l3/b)\n"
             "  --json              machine-readable output on stdout\n"
             "  --only ALGO:STEPS:MODE:BACKEND   one configuration (for its own peak RSS)\n");
 }
@@ -430,6 +444,20 @@ static int parse(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--target")) {
             o->target = atof(v);
             ok = o->target > 0 && o->target < 3600;
+        } else if (!strcmp(a, "--inner-v")) {
+            ok = strlen(v) < sizeof g_inner_v_buf;
+            if (ok) {
+                strcpy(g_inner_v_buf, v);
+                int k = 0;
+                for (char *save = NULL, *t = strtok_r(g_inner_v_buf, ",", &save); ok && t;
+                     t = strtok_r(NULL, ",", &save))
+                    ok = k < 7 ? (g_inner_v[k++] = t, true) : false;
+                g_inner_v[k] = NULL;
+                g_has_inner_v = ok && k > 0;
+            }
+        } else if (!strcmp(a, "--n")) {
+            o->fixed_n = atol(v);
+            ok = o->fixed_n >= 1 && o->fixed_n <= (1L << 30);
         } else if (!strcmp(a, "--only")) {
             ok = only = parse_only(v, o);
         } else {

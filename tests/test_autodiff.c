@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -35,13 +36,6 @@
 #define F32_RTOL 1e-4
 
 /* ------------------------------------------------------------ helpers */
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    if (ms_tensor_dtype(t) == MS_F32)
-        return ((const float *)ms_tensor_data(t))[i];
-    return ((const double *)ms_tensor_data(t))[i];
-}
 
 static void put(ms_tensor *t, int64_t i, double v)
 {
@@ -83,18 +77,6 @@ static ms_tensor *as_dtype(const ms_tensor *t, ms_dtype dt)
 }
 
 static void setup(void) { ms_clear_error(); }
-static int64_t live_at_start;
-static void setup_live(void)
-{
-    ms_clear_error();
-    live_at_start = ms_live_tensors();
-}
-static void teardown_live(void)
-{
-    ck_assert_int_eq(ms_scope_depth(), 0);
-    ck_assert_int_eq(ms_live_tensors(), live_at_start);
-}
-
 /* ------------------------------------------------------------ op cases */
 
 typedef struct gcase gcase;
@@ -1200,9 +1182,5 @@ int main(void)
     tcase_add_test(tc, memory_stable);
     suite_add_tcase(s, tc);
 
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

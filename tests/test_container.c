@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -23,13 +24,6 @@ static void teardown(void)
 {
     ck_assert_int_eq(ms_scope_depth(), 0);
     ck_assert_int_eq(ms_live_tensors(), live0);
-}
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    if (ms_tensor_dtype(t) == MS_F32)
-        return ((const float *)ms_tensor_data(t))[i];
-    return ((const double *)ms_tensor_data(t))[i];
 }
 
 /* Set key to a new float64 tensor and drop the creator's reference, so the
@@ -802,9 +796,5 @@ int main(void)
     tcase_add_test(tc, ownership);
     tcase_add_test(tc, replicate);
     suite_add_tcase(s, tc);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

@@ -47,6 +47,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 #define NCASES 200
 #define SEED_BASE 0x6d657461737465ULL
@@ -457,7 +458,6 @@ static void check_nn(const void *p, const char *what)
     CHECK(p != NULL, "%s returned NULL: %s", what, m ? m : "no message");
 }
 
-static double at(const ms_tensor *t, int64_t i) { return ((const double *)ms_tensor_data(t))[i]; }
 static void put(ms_tensor *t, int64_t i, double v) { ((double *)ms_tensor_data(t))[i] = v; }
 static bool close_enough(double a, double n) { return fabs(a - n) <= ATOL + RTOL * fabs(n); }
 
@@ -844,18 +844,6 @@ START_TEST(random_dag)
 }
 END_TEST
 
-static int64_t live_at_start;
-static void setup_live(void)
-{
-    ms_clear_error();
-    live_at_start = ms_live_tensors();
-}
-static void teardown_live(void)
-{
-    ck_assert_int_eq(ms_scope_depth(), 0);
-    ck_assert_int_eq(ms_live_tensors(), live_at_start);
-}
-
 int main(void)
 {
     Suite *s = suite_create("grad_random");
@@ -864,9 +852,5 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, random_dag, 0, NCASES);
     suite_add_tcase(s, tc);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -24,12 +25,6 @@ static ms_tensor *vec(ms_dtype dt, int ndim, const int64_t *shape, const double 
             ((double *)ms_tensor_data(t))[i] = v[i];
     }
     return t;
-}
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    return ms_tensor_dtype(t) == MS_F32 ? ((const float *)ms_tensor_data(t))[i]
-                                        : ((const double *)ms_tensor_data(t))[i];
 }
 
 /* c[key] = t, the container owning the only reference (no scope is open in
@@ -1026,9 +1021,5 @@ int main(void)
     tcase_set_timeout(mem, 600);
     tcase_add_test(mem, memory_thousand_meta_steps);
     suite_add_tcase(s, mem);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

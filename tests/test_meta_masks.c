@@ -53,18 +53,13 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------ helpers */
 
 static ms_tensor *vec(int ndim, const int64_t *shape, const double *v)
 {
     return ms_tensor_from_data(MS_F64, ndim, shape, v);
-}
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    return ms_tensor_dtype(t) == MS_F32 ? ((const float *)ms_tensor_data(t))[i]
-                                        : ((const double *)ms_tensor_data(t))[i];
 }
 
 /* c[key] = t, the container owning the only reference outside scopes. */
@@ -946,9 +941,5 @@ int main(void)
     tcase_add_test(ivy, ivy_maml_shared_vars);
     tcase_add_test(ivy, ivy_maml_overlapping_vars);
     suite_add_tcase(s, ivy);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -24,12 +25,6 @@ static void teardown(void)
     while (ms_scope_depth() > 0)
         ms_scope_pop();
     ms_clear_error();
-}
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    return ms_tensor_dtype(t) == MS_F32 ? (double)((const float *)ms_tensor_data(t))[i]
-                                        : ((const double *)ms_tensor_data(t))[i];
 }
 
 static int64_t count(int ndim, const int64_t *shape)
@@ -1230,9 +1225,5 @@ int main(void)
     tcase_add_loop_test(tc, nonfinite_values, 0, 2);
     tc = tcase(s, "lifetime");
     tcase_add_loop_test(tc, no_scope_no_leak, 0, 2);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 #ifndef PYTHON3
 #define PYTHON3 "python3"
@@ -81,13 +82,6 @@ static int count_files(const char *d)
             n++;
     closedir(dp);
     return n;
-}
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    if (ms_tensor_dtype(t) == MS_F32)
-        return ((const float *)ms_tensor_data(t))[i];
-    return ((const double *)ms_tensor_data(t))[i];
 }
 
 /* The known tensors of safetensors_ref.py (keep in sync). */
@@ -696,9 +690,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *r = srunner_create(suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(suite());
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -23,12 +24,6 @@ static void teardown(void)
     while (ms_scope_depth() > 0)
         ms_scope_pop();
     ms_clear_error();
-}
-
-static double at(const ms_tensor *t, int64_t i)
-{
-    return ms_tensor_dtype(t) == MS_F32 ? (double)((const float *)ms_tensor_data(t))[i]
-                                        : ((const double *)ms_tensor_data(t))[i];
 }
 
 static void put(ms_tensor *t, int64_t i, double v)
@@ -997,9 +992,5 @@ int main(void)
     tcase_add_loop_test(tc, print_like_ivy, 0, (int)(sizeof ivy_cases / sizeof *ivy_cases));
     tcase_add_test(tc, print_options);
     tcase_add_test(tc, print_errors);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }
