@@ -20,7 +20,13 @@ static void kernel_slots(const ms_backend *b, bool native[MS_KERNEL_COUNT])
     const void *slots[MS_KERNEL_COUNT] = {
         (const void *)b->unary, (const void *)b->binary, (const void *)b->reduce,
         (const void *)b->gemm,  (const void *)b->copy,   (const void *)b->softmax,
-        (const void *)b->fill,  (const void *)b->arange, (const void *)b->where};
+        (const void *)b->fill,  (const void *)b->arange, (const void *)b->where,
+        /* ABI 1.1: absent from a 1.0 table, which is shorter */
+        MS_BACKEND_HAS_SLOT(b, conv2d) ? (const void *)b->conv2d : NULL,
+        MS_BACKEND_HAS_SLOT(b, conv2d_backward_data) ? (const void *)b->conv2d_backward_data
+                                                     : NULL,
+        MS_BACKEND_HAS_SLOT(b, conv2d_backward_weights)
+            ? (const void *)b->conv2d_backward_weights : NULL};
     for (int k = 0; k < MS_KERNEL_COUNT; k++)
         native[k] = slots[k] != NULL;
 }

@@ -813,6 +813,125 @@ static ms_status ref_where(ms_dtype dt, int ndim, const int64_t *shape, const vo
 }
 
 /* ------------------------------------------------------------------------ */
+/* conv2d (ABI 1.1): direct loops in gather form, accumulated in double, so  */
+/* the oracle's float32 results are the correctly rounded double sums.       */
+/* ------------------------------------------------------------------------ */
+
+#define DEF_CONV(T, S)                                                                     \
+    static void conv_fwd_##S(const ms_conv2d_desc *d, const T *x, const T *w, const T *bias, \
+                             T *y)                                                          \
+    {                                                                                       \
+        for (int64_t b = 0; b < d->n; b++)                                                  \
+            for (int64_t f = 0; f < d->o; f++)                                              \
+                for (int64_t i = 0; i < d->oh; i++)                                         \
+                    for (int64_t j = 0; j < d->ow; j++) {                                   \
+                        double acc = bias ? (double)bias[f] : 0.0;                          \
+                        for (int64_t ch = 0; ch < d->c; ch++)                               \
+                            for (int64_t p = 0; p < d->kh; p++) {                           \
+                                int64_t r = i * d->stride + p - d->padding;                 \
+                                if (r < 0 || r >= d->h)                                     \
+                                    continue;                                               \
+                                const T *xr = x + ((b * d->c + ch) * d->h + r) * d->w;      \
+                                const T *wr = w + ((f * d->c + ch) * d->kh + p) * d->kw;    \
+                                for (int64_t q = 0; q < d->kw; q++) {                       \
+                                    int64_t col = j * d->stride + q - d->padding;           \
+                                    if (col >= 0 && col < d->w)                             \
+                                        acc += (double)xr[col] * (double)wr[q];             \
+                                }                                                           \
+                            }                                                               \
+                        y[((b * d->o + f) * d->oh + i) * d->ow + j] = (T)acc;               \
+                    }                                                                       \
+    }                                                                                       \
+    /* gx[b,ch,r,col] = sum over f and the taps (p,q) whose window i, j reads it */        \
+    static void conv_bwd_data_##S(const ms_conv2d_desc *d, const T *gy, const T *w, T *gx)  \
+    {                                                                                       \
+        for (int64_t b = 0; b < d->n; b++)                                                  \
+            for (int64_t ch = 0; ch < d->c; ch++)                                           \
+                for (int64_t r = 0; r < d->h; r++)                                          \
+                    for (int64_t col = 0; col < d->w; col++) {                              \
+                        double acc = 0.0;                                                   \
+                        for (int64_t p = 0; p < d->kh; p++) {                               \
+                            int64_t ti = r + d->padding - p;                                \
+                            if (ti < 0 || ti % d->stride)                                   \
+                                continue;                                                   \
+                            int64_t i = ti / d->stride;                                     \
+                            if (i >= d->oh)                                                 \
+                                continue;                                                   \
+                            for (int64_t q = 0; q < d->kw; q++) {                           \
+                                int64_t tj = col + d->padding - q;                          \
+                                if (tj < 0 || tj % d->stride)                               \
+                                    continue;                                               \
+                                int64_t j = tj / d->stride;                                 \
+                                if (j >= d->ow)                                             \
+                                    continue;                                               \
+                                for (int64_t f = 0; f < d->o; f++)                          \
+                                    acc += (double)gy[((b * d->o + f) * d->oh + i) * d->ow + j] \
+                                           * (double)w[((f * d->c + ch) * d->kh + p) * d->kw + q]; \
+                            }                                                               \
+                        }                                                                   \
+                        gx[((b * d->c + ch) * d->h + r) * d->w + col] = (T)acc;             \
+                    }                                                                       \
+    }                                                                                       \
+    static void conv_bwd_weights_##S(const ms_conv2d_desc *d, const T *x, const T *gy, T *gw) \
+    {                                                                                       \
+        for (int64_t f = 0; f < d->o; f++)                                                  \
+            for (int64_t ch = 0; ch < d->c; ch++)                                           \
+                for (int64_t p = 0; p < d->kh; p++)                                         \
+                    for (int64_t q = 0; q < d->kw; q++) {                                   \
+                        double acc = 0.0;                                                   \
+                        for (int64_t b = 0; b < d->n; b++)                                  \
+                            for (int64_t i = 0; i < d->oh; i++) {                           \
+                                int64_t r = i * d->stride + p - d->padding;                 \
+                                if (r < 0 || r >= d->h)                                     \
+                                    continue;                                               \
+                                for (int64_t j = 0; j < d->ow; j++) {                       \
+                                    int64_t col = j * d->stride + q - d->padding;           \
+                                    if (col >= 0 && col < d->w)                             \
+                                        acc += (double)x[((b * d->c + ch) * d->h + r) * d->w + col] \
+                                               * (double)gy[((b * d->o + f) * d->oh + i) * d->ow + j]; \
+                                }                                                           \
+                            }                                                               \
+                        gw[((f * d->c + ch) * d->kh + p) * d->kw + q] = (T)acc;             \
+                    }                                                                       \
+    }
+
+DEF_CONV(float, f32)
+DEF_CONV(double, f64)
+
+static ms_status ref_conv2d(ms_dtype dt, const ms_conv2d_desc *d, const void *x, const void *w,
+                            const void *bias, void *y)
+{
+    if (!dtype_ok(dt)) return MS_ERR_DTYPE;
+    if (dt == MS_F32)
+        conv_fwd_f32(d, x, w, bias, y);
+    else
+        conv_fwd_f64(d, x, w, bias, y);
+    return MS_OK;
+}
+
+static ms_status ref_conv2d_backward_data(ms_dtype dt, const ms_conv2d_desc *d, const void *gy,
+                                          const void *w, void *gx)
+{
+    if (!dtype_ok(dt)) return MS_ERR_DTYPE;
+    if (dt == MS_F32)
+        conv_bwd_data_f32(d, gy, w, gx);
+    else
+        conv_bwd_data_f64(d, gy, w, gx);
+    return MS_OK;
+}
+
+static ms_status ref_conv2d_backward_weights(ms_dtype dt, const ms_conv2d_desc *d,
+                                             const void *x, const void *gy, void *gw)
+{
+    if (!dtype_ok(dt)) return MS_ERR_DTYPE;
+    if (dt == MS_F32)
+        conv_bwd_weights_f32(d, x, gy, gw);
+    else
+        conv_bwd_weights_f64(d, x, gy, gw);
+    return MS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
 /* the table                                                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -830,6 +949,9 @@ static const ms_backend ref_backend = {
     .fill = ref_fill,
     .arange = ref_arange,
     .where = ref_where,
+    .conv2d = ref_conv2d,
+    .conv2d_backward_data = ref_conv2d_backward_data,
+    .conv2d_backward_weights = ref_conv2d_backward_weights,
 };
 
 MS_PLUGIN_EXPORT const ms_backend *metastep_backend_entry(void);

@@ -5,7 +5,8 @@
     (((unsigned)(i) < sizeof(arr) / sizeof *(arr) && (arr)[i]) ? (arr)[i] : "unknown")
 
 static const char *const kernel_names[] = {"unary", "binary", "reduce", "gemm", "copy",
-                                           "softmax", "fill", "arange", "where"};
+                                           "softmax", "fill", "arange", "where",
+                                           "conv2d", "conv2d_bwd_data", "conv2d_bwd_weights"};
 static const char *const unary_names[] = {"neg", "abs", "sign", "exp", "log", "sqrt", "square",
                                           "reciprocal", "tanh", "sigmoid", "relu", "sin", "cos"};
 static const char *const binary_names[] = {"add", "sub", "mul", "div", "pow", "maximum",

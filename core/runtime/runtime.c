@@ -226,7 +226,7 @@ uint64_t metastep_fallback_count(const char *backend, int kernel)
         ms_loaded *l = active_backend();                                                     \
         if (!l)                                                                              \
             return MS_ERR_BACKEND;                                                           \
-        if (l->t->slot) {                                                                    \
+        if (MS_BACKEND_HAS_SLOT(l->t, slot) && l->t->slot) {                                 \
             ms_status st = l->t->slot ARGS;                                                  \
             if (st != MS_ERR_UNSUPPORTED)                                                    \
                 return st;                                                                   \
@@ -271,3 +271,13 @@ DISPATCH(MS_KERNEL_WHERE, where,
          (ms_dtype dt, int ndim, const int64_t *shape, const void *c, const int64_t *sc,
           const void *a, const int64_t *sa, const void *b, const int64_t *sb, void *y),
          (dt, ndim, shape, c, sc, a, sa, b, sb, y))
+DISPATCH(MS_KERNEL_CONV2D, conv2d,
+         (ms_dtype dt, const ms_conv2d_desc *d, const void *x, const void *w, const void *bias,
+          void *y),
+         (dt, d, x, w, bias, y))
+DISPATCH(MS_KERNEL_CONV2D_BWD_DATA, conv2d_backward_data,
+         (ms_dtype dt, const ms_conv2d_desc *d, const void *gy, const void *w, void *gx),
+         (dt, d, gy, w, gx))
+DISPATCH(MS_KERNEL_CONV2D_BWD_WEIGHTS, conv2d_backward_weights,
+         (ms_dtype dt, const ms_conv2d_desc *d, const void *x, const void *gy, void *gw),
+         (dt, d, x, gy, gw))

@@ -27,6 +27,12 @@ MS_HIDDEN ms_status msk_softmax(ms_dtype dt, bool log, int64_t outer, int64_t le
 MS_HIDDEN ms_status msk_fill(ms_dtype dt, int ndim, const int64_t *shape, const int64_t *ds,
                              double value, void *dst);
 MS_HIDDEN ms_status msk_arange(ms_dtype dt, int64_t n, double start, double step, void *y);
+MS_HIDDEN ms_status msk_conv2d(ms_dtype dt, const ms_conv2d_desc *d, const void *x,
+                               const void *w, const void *bias, void *y);
+MS_HIDDEN ms_status msk_conv2d_backward_data(ms_dtype dt, const ms_conv2d_desc *d,
+                                             const void *gy, const void *w, void *gx);
+MS_HIDDEN ms_status msk_conv2d_backward_weights(ms_dtype dt, const ms_conv2d_desc *d,
+                                                const void *x, const void *gy, void *gw);
 MS_HIDDEN ms_status msk_where(ms_dtype dt, int ndim, const int64_t *shape, const void *c,
                               const int64_t *sc, const void *a, const int64_t *sa, const void *b,
                               const int64_t *sb, void *y);

@@ -37,7 +37,7 @@ extern "C" {
 #endif
 
 #define MS_BACKEND_ABI_MAJOR 1
-#define MS_BACKEND_ABI_MINOR 0
+#define MS_BACKEND_ABI_MINOR 1
 #define MS_BACKEND_ENTRY_SYMBOL "metastep_backend_entry"
 
 /* Elementwise unary ops: y = op(x).  Values are fixed (ABI).  NaN in gives
@@ -76,8 +76,25 @@ typedef enum ms_kernel {
     MS_KERNEL_UNARY = 0, MS_KERNEL_BINARY, MS_KERNEL_REDUCE, MS_KERNEL_GEMM,
     MS_KERNEL_COPY, MS_KERNEL_SOFTMAX, MS_KERNEL_FILL, MS_KERNEL_ARANGE,
     MS_KERNEL_WHERE,
+    /* ABI 1.1 */
+    MS_KERNEL_CONV2D, MS_KERNEL_CONV2D_BWD_DATA, MS_KERNEL_CONV2D_BWD_WEIGHTS,
     MS_KERNEL_COUNT
 } ms_kernel;
+
+/* A 2-D convolution (ABI 1.1), NCHW as PyTorch, cross-correlation (no kernel
+ * flip), the same stride and zero padding in both spatial dims:
+ *   x (n, c, h, w), weights (o, c, kh, kw), y (n, o, oh, ow) with
+ *   oh = (h + 2 padding - kh) / stride + 1 (floored), likewise ow;
+ *   y[b,f,i,j] = sum_{ch,p,q} x[b, ch, i·stride + p - padding, j·stride + q - padding]
+ *                             · w[f, ch, p, q]      (x is 0 outside its bounds).
+ * The frontend guarantees every size >= 1, stride >= 1, 0 <= padding, and
+ * oh, ow >= 1.  All buffers are contiguous and do not overlap. */
+typedef struct ms_conv2d_desc {
+    int64_t n, c, h, w;   /* input */
+    int64_t o, kh, kw;    /* filters */
+    int64_t oh, ow;       /* output spatial size */
+    int64_t stride, padding;
+} ms_conv2d_desc;
 
 typedef struct ms_backend {
     ms_plugin_header header; /* abi_major = MS_BACKEND_ABI_MAJOR, size = sizeof(ms_backend) */
@@ -137,10 +154,32 @@ typedef struct ms_backend {
     ms_status (*where)(ms_dtype dt, int ndim, const int64_t *shape,
                        const void *c, const int64_t *sc, const void *a, const int64_t *sa,
                        const void *b, const int64_t *sb, void *y);
+
+    /* ---- ABI 1.1: convolution.  A 1.0 table ends above; the frontend then
+     * (or for a NULL slot) has the reference backend serve these. ---- */
+
+    /* y = conv(x, w) + bias (bias: o values added per output channel, or
+     * NULL for none); see ms_conv2d_desc. */
+    ms_status (*conv2d)(ms_dtype dt, const ms_conv2d_desc *d, const void *x, const void *w,
+                        const void *bias, void *y);
+    /* gx (n, c, h, w) = the gradient of sum(gy · conv(x, w)) with respect to x:
+     * the transposed convolution of gy (n, o, oh, ow) with w.  Elements of x
+     * that no window reads (the floor of oh, ow) get 0.  gx is overwritten. */
+    ms_status (*conv2d_backward_data)(ms_dtype dt, const ms_conv2d_desc *d, const void *gy,
+                                      const void *w, void *gx);
+    /* gw (o, c, kh, kw) = the gradient of sum(gy · conv(x, w)) with respect
+     * to w.  gw is overwritten. */
+    ms_status (*conv2d_backward_weights)(ms_dtype dt, const ms_conv2d_desc *d, const void *x,
+                                         const void *gy, void *gw);
 } ms_backend;
 
-/* The smallest table size a major-1 backend may declare: every slot above. */
+/* The smallest table size a major-1 backend may declare: every slot of ABI
+ * 1.0 (through `where`).  A 1.0 table stays valid: the frontend reads a later
+ * slot only when the table's size covers it (MS_BACKEND_HAS_SLOT). */
 #define MS_BACKEND_MIN_SIZE (offsetof(ms_backend, where) + sizeof(void *))
+/* Whether table t (of header.size bytes) has the slot `slot` at all. */
+#define MS_BACKEND_HAS_SLOT(t, slot) \
+    ((t)->header.size >= offsetof(ms_backend, slot) + sizeof((t)->slot))
 
 /* The entry point every backend exports. */
 typedef const ms_backend *(*ms_backend_entry_fn)(void);

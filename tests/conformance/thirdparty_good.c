@@ -1,7 +1,9 @@
 /* A third-party-style backend built outside backends/: it serves the unary
  * kernel with its own loops (correctly) and leaves every other slot NULL, so
  * the reference backend serves the rest.  `metastep conformance --backend
- * <path to this .so>` must pass it. */
+ * <path to this .so>` must pass it.  It declares ABI 1.0 and the 1.0 table
+ * size, as a binary built against the 1.0 header would: the frontend must
+ * not read the 1.1 slots (convolution) of it, and has ref serve them. */
 #include <math.h>
 
 #include "metastep/backend.h"
@@ -53,8 +55,7 @@ static ms_status tp_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *xv
 }
 
 static const ms_backend table = {
-    .header = {MS_BACKEND_ABI_MAJOR, MS_BACKEND_ABI_MINOR, sizeof(ms_backend), BACKEND_NAME,
-               BACKEND_DESCRIPTION},
+    .header = {MS_BACKEND_ABI_MAJOR, 0, MS_BACKEND_MIN_SIZE, BACKEND_NAME, BACKEND_DESCRIPTION},
     .unary = tp_unary,
 };
 
