@@ -98,6 +98,36 @@ ms_tensor *ms_where(const ms_tensor *cond, const ms_tensor *a, const ms_tensor *
 ms_tensor *ms_softmax(const ms_tensor *t, int axis);
 ms_tensor *ms_log_softmax(const ms_tensor *t, int axis);
 
+/* --- neural-network layers (NCHW, as PyTorch).  Every one is differentiable
+ * to any order (its backward is written with differentiable ops), so
+ * second-order MAML runs through a convolutional network.  float32 and
+ * float64; inputs must share one dtype (MS_ERR_DTYPE). --- */
+
+/* 2-D cross-correlation: x (N, C, H, W), w (O, C, KH, KW), bias (O) or NULL;
+ * the same stride (>= 1) and zero padding (>= 0) on both spatial dims.
+ * Returns (N, O, OH, OW) with OH = (H + 2 padding - KH) / stride + 1
+ * (floored), likewise OW.  MS_ERR_RANK for a non-4-D x or w; MS_ERR_SHAPE
+ * when channels differ, bias is not (O), or the window does not fit;
+ * MS_ERR_INVALID_ARG for stride < 1 or padding < 0.  Runs on the backend's
+ * conv2d kernels (ABI 1.1). */
+ms_tensor *ms_conv2d(const ms_tensor *x, const ms_tensor *w, const ms_tensor *bias, int stride,
+                     int padding);
+/* Max over kernel × kernel windows of x (N, C, H, W) at the given stride, no
+ * padding: (N, C, (H - kernel) / stride + 1, likewise W), floored.  The
+ * gradient goes to the maximum of each window (split evenly among ties, as
+ * ms_max).  NaN propagates.  MS_ERR_INVALID_ARG for kernel or stride < 1;
+ * MS_ERR_SHAPE when the window does not fit. */
+ms_tensor *ms_max_pool2d(const ms_tensor *x, int kernel, int stride);
+/* Training-mode batch normalisation of x (N, C) or (N, C, H, W) over every
+ * axis except axis 1: (x - mean) / sqrt(var + eps) * gamma + beta, with the
+ * biased variance of the batch and no running statistics (MAML's
+ * transductive setting); gamma, beta: (C).  eps > 0 (MS_ERR_INVALID_ARG). */
+ms_tensor *ms_batch_norm(const ms_tensor *x, const ms_tensor *gamma, const ms_tensor *beta,
+                         double eps);
+/* Mean over rows i of -sum_j onehot[i,j] * log_softmax(logits)[i,j];
+ * logits and onehot (N, K), N, K >= 1.  One element (shape ()). */
+ms_tensor *ms_softmax_cross_entropy(const ms_tensor *logits, const ms_tensor *onehot);
+
 #ifdef __cplusplus
 }
 #endif
