@@ -168,6 +168,24 @@ START_TEST(search_path_order_and_truncation)
 }
 END_TEST
 
+/* Issue 12: more than 32 entries made even ref unfindable (a fixed array
+ * filled with the environment's entries first). */
+START_TEST(search_path_any_length)
+{
+    char env[4096] = "";
+    for (int i = 0; i < 40; i++)
+        snprintf(env + strlen(env), sizeof env - strlen(env), "%s/nonexistent/d%d", i ? ":" : "",
+                 i);
+    setenv("METASTEP_BACKEND_PATH", env, 1);
+    char buf[8192];
+    metastep_backend_search_path(buf, sizeof buf);
+    ck_assert_msg(strstr(buf, "/nonexistent/d39:"), "entry 40 missing: %s", buf);
+    ck_assert_int_eq(metastep_set_backend("ref"), MS_OK);
+    metastep_unset_backend();
+    no_plugin_dir();
+}
+END_TEST
+
 /* ------------------------------------------------------------ refusals */
 
 /* Loading `name` is refused with MS_ERR_BACKEND, a message naming `file` and
@@ -607,6 +625,40 @@ static int run_cli(const char *env, const char *args, char **out, char **err)
     return WEXITSTATUS(status);
 }
 
+/* Issue 12: an installed library searched the build tree it was compiled in
+ * before its install directory, so recreating that directory (build trees
+ * often live in /tmp) planted a backend.  A copy of the library outside its
+ * build tree, standing in for an installed one, must not search it. */
+START_TEST(installed_library_ignores_build_tree)
+{
+    char dir[] = "/tmp/test_loader_installed_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char root[4096], cmd[8192];
+    snprintf(root, sizeof root, "%s", METASTEP_EXE);
+    *strrchr(root, '/') = '\0'; /* <build>/tools */
+    *strrchr(root, '/') = '\0'; /* <build> */
+    snprintf(cmd, sizeof cmd, "cp -L '%s/core/libmetastep.so.0' '%s/'", root, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    char env[4200], *out = NULL, *err = NULL;
+    snprintf(env, sizeof env, "LD_LIBRARY_PATH='%s'", dir);
+    run_cli(env, "backends --json", &out, &err);
+    char build_backends[4200];
+    snprintf(build_backends, sizeof build_backends, "%s/backends", root);
+    ck_assert_msg(strstr(out, "\"search_path\""), "no search path in: %s", out);
+    ck_assert_msg(!strstr(out, build_backends) && !strstr(err, build_backends),
+                  "the installed copy searches the build tree:\n%s\n%s", out, err);
+    free(out);
+    free(err);
+    /* the uninstalled library itself still finds its build tree's backends */
+    run_cli("", "backends --json", &out, &err);
+    ck_assert_msg(strstr(out, build_backends), "%s", out);
+    free(out);
+    free(err);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(cli_unknown_default)
 {
     no_plugin_dir();
@@ -693,6 +745,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, list_finds_builtin_backends);
     tcase_add_test(tc, list_sorted_within_directory_and_deduplicated);
     tcase_add_test(tc, search_path_order_and_truncation);
+    tcase_add_test(tc, search_path_any_length);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("refusals");
@@ -733,6 +786,7 @@ static Suite *loader_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, cli_unknown_default);
     tcase_add_test(tc, cli_json);
+    tcase_add_test(tc, installed_library_ignores_build_tree);
     tcase_add_test(tc, cli_text_and_bad_option);
     suite_add_tcase(s, tc);
 #endif

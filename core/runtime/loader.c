@@ -1,9 +1,11 @@
 /* The one loader for every kind of runtime plugin (backends, task plugins):
  * discovery on a search path, dlopen, the entry symbol, and the header
  * checks, each refusal with its own message naming the file. */
+#define _GNU_SOURCE /* dladdr */
 #include <ctype.h>
 #include <dirent.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,26 +13,73 @@
 
 #include "runtime/runtime.h"
 
-#define MS_MAX_DIRS 32
-
 typedef struct search_dirs {
-    char *buf;              /* the dirs, NUL-separated, owned */
-    const char *dir[MS_MAX_DIRS];
+    char *buf;          /* the dirs, NUL-separated, owned */
+    const char **dir;   /* n entries pointing into buf, owned */
     int n;
 } search_dirs;
 
-static void dirs_free(search_dirs *d) { free(d->buf); }
+static void dirs_free(search_dirs *d)
+{
+    free(d->buf);
+    free(d->dir);
+}
 
+static int build_tree_state; /* 0 unknown, 1 yes, 2 no */
+static pthread_once_t build_tree_once = PTHREAD_ONCE_INIT;
+
+static void check_build_tree(void)
+{
+    Dl_info info;
+    char *self = NULL, *lib_dir = NULL, *built = NULL;
+    if (dladdr((void *)&ms__plugin_search_path, &info) && info.dli_fname &&
+        strchr(info.dli_fname, '/')) {
+        self = realpath(info.dli_fname, NULL);
+        char *slash = self ? strrchr(self, '/') : NULL;
+        if (slash)
+            *slash = '\0';
+        lib_dir = self;
+    }
+    built = realpath(MS_BUILD_LIB_DIR, NULL);
+    build_tree_state = lib_dir && built && strcmp(lib_dir, built) == 0 ? 1 : 2;
+    free(self);
+    free(built);
+}
+
+/* Whether this libmetastep is the one in its own build tree (an uninstalled
+ * run: tests, benchmarks, the demo), which alone may search the build tree.
+ * An installed library never does: a build tree is often a temporary
+ * directory that anyone could recreate with planted plugins. */
+static bool from_build_tree(void)
+{
+    pthread_once(&build_tree_once, check_build_tree);
+    return build_tree_state == 1;
+}
+
+/* The search path: $path_env's entries (any number), then the build tree
+ * (uninstalled runs only), then the install directory.  On allocation
+ * failure the list is empty. */
 static void dirs_collect(const ms_plugin_kind *k, search_dirs *d)
 {
     const char *env = getenv(k->path_env);
-    size_t len = (env ? strlen(env) : 0) + strlen(k->build_dir) + strlen(k->install_dir) + 3;
+    const char *build = from_build_tree() ? k->build_dir : "";
+    size_t len = (env ? strlen(env) : 0) + strlen(build) + strlen(k->install_dir) + 3;
     d->n = 0;
+    d->dir = NULL;
     d->buf = malloc(len);
     if (!d->buf)
         return;
-    snprintf(d->buf, len, "%s:%s:%s", env ? env : "", k->build_dir, k->install_dir);
-    for (char *p = d->buf, *q; p && d->n < MS_MAX_DIRS; p = q) {
+    snprintf(d->buf, len, "%s:%s:%s", env ? env : "", build, k->install_dir);
+    size_t cap = 1;
+    for (const char *p = d->buf; *p; p++)
+        cap += *p == ':';
+    d->dir = malloc(cap * sizeof *d->dir);
+    if (!d->dir) {
+        free(d->buf);
+        d->buf = NULL;
+        return;
+    }
+    for (char *p = d->buf, *q; p; p = q) {
         q = strchr(p, ':');
         if (q)
             *q++ = '\0';
@@ -79,8 +128,8 @@ int ms__plugin_list(const ms_plugin_kind *k,
 {
     search_dirs d;
     dirs_collect(k, &d);
-    char seen[64][64];
-    int nseen = 0;
+    char **seen = NULL; /* names listed so far: the first directory wins */
+    int nseen = 0, capseen = 0;
     for (int i = 0; i < d.n; i++) {
         DIR *dir = opendir(d.dir[i]);
         if (!dir)
@@ -91,7 +140,7 @@ int ms__plugin_list(const ms_plugin_kind *k,
         size_t nnames = 0, cap = 0;
         struct dirent *e;
         while ((e = readdir(dir)) != NULL) {
-            char name[64];
+            char name[256];
             if (!file_plugin_name(k, e->d_name, name, sizeof name))
                 continue;
             if (nnames == cap) {
@@ -110,22 +159,37 @@ int ms__plugin_list(const ms_plugin_kind *k,
         if (nnames)
             qsort(names, nnames, sizeof *names, cmp_str);
         for (size_t f = 0; f < nnames; f++) {
-            const char *name = names[f];
             bool dup = false;
             for (int j = 0; j < nseen; j++)
-                dup = dup || strcmp(seen[j], name) == 0;
-            if (!dup && nseen < 64) {
-                snprintf(seen[nseen++], sizeof seen[0], "%s", name);
-                if (fn) {
-                    char path[4096];
-                    snprintf(path, sizeof path, "%s/%s%s.so", d.dir[i], k->prefix, name);
-                    fn(name, path, user);
+                dup = dup || strcmp(seen[j], names[f]) == 0;
+            if (!dup && nseen == capseen) {
+                int nc = capseen ? capseen * 2 : 16;
+                char **ns = realloc(seen, (size_t)nc * sizeof *ns);
+                if (ns) {
+                    seen = ns;
+                    capseen = nc;
                 }
             }
-            free(names[f]);
+            if (!dup && nseen < capseen) {
+                seen[nseen++] = names[f];
+                if (fn) {
+                    size_t len = strlen(d.dir[i]) + strlen(k->prefix) + strlen(names[f]) + 5;
+                    char *path = malloc(len);
+                    if (path) {
+                        snprintf(path, len, "%s/%s%s.so", d.dir[i], k->prefix, names[f]);
+                        fn(names[f], path, user);
+                        free(path);
+                    }
+                }
+            } else {
+                free(names[f]);
+            }
         }
         free(names);
     }
+    for (int j = 0; j < nseen; j++)
+        free(seen[j]);
+    free(seen);
     dirs_free(&d);
     return nseen;
 }

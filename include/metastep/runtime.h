@@ -2,7 +2,8 @@
  *
  * Backends are shared objects found by name: metastep_set_backend("openblas")
  * looks for libmetastep-backend-openblas.so in, in order, the directories of
- * METASTEP_BACKEND_PATH (colon-separated), the build tree, and the install
+ * METASTEP_BACKEND_PATH (colon-separated, any number of entries), the build
+ * tree (only for a library running uninstalled from it), and the install
  * libdir's metastep/ folder.  A name containing '/' is a path to the .so.
  * The active backend is the top of a process-wide stack, like Ivy's
  * set_backend/unset_backend; when the stack is empty the default is the
