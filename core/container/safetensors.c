@@ -579,7 +579,9 @@ ms_status ms_container_load(const char *path, ms_container **out)
     *out = NULL;
     if (!path)
         return ms__fail(MS_ERR_NULL_ARG, "%s: path is NULL", fn);
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer
+     * before fstat can refuse it; reads of a regular file ignore the flag. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return ms__fail(MS_ERR_IO, "%s: cannot open '%s': %s", fn, path, strerror(errno));
     struct stat sb;
