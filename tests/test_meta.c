@@ -763,6 +763,47 @@ START_TEST(optimizer_states_by_hand)
 }
 END_TEST
 
+/* Issue 12: a restored optimizer state with a misshapen, missing or extra
+ * leaf was accepted (and trained to NaN); the next step refuses it. */
+START_TEST(optimizer_state_must_match_variables)
+{
+    ms_container *w = quad_vars(), *g = ms_container_new();
+    put(w, "x", vec(MS_F64, 1, (int64_t[]){D}, W0));
+    put(g, "w", ms_ones(MS_F64, 1, (int64_t[]){D}));
+    put(g, "x", ms_ones(MS_F64, 1, (int64_t[]){D}));
+    metastep_optimizer adam = metastep_adam(0.9, 0.999, 1e-8);
+    /* every case starts from a state that matches, then spoils one leaf */
+    struct { const char *key; int64_t n; bool drop; ms_status want; const char *needle; } bad[] = {
+        {"m/w", D + 1, false, MS_ERR_SHAPE, "first buffer (m) 'w' is float64 ("},
+        {"m/other", D, false, MS_ERR_KEY, "'other', which is not a variable"},
+        {"m/x", D, true, MS_ERR_KEY, "has no 'x'"},
+    };
+    for (int k = 0; k < 3; k++) {
+        metastep_optim_state *s = metastep_optim_state_new(&adam);
+        ms_container *saved = ms_container_new();
+        put(saved, "t", ms_scalar(MS_F64, 3));
+        const char *keys[4] = {"m/w", "m/x", "v/w", "v/x"};
+        for (int i = 0; i < 4; i++)
+            if (!(bad[k].drop && !strcmp(keys[i], bad[k].key)) && strcmp(keys[i], bad[k].key))
+                put(saved, keys[i], ms_ones(MS_F64, 1, (int64_t[]){D}));
+        if (!bad[k].drop)
+            put(saved, bad[k].key, ms_ones(MS_F64, 1, (int64_t[]){bad[k].n}));
+        ck_assert_int_eq(metastep_optim_state_restore(s, saved), MS_OK);
+        ms_container *next = metastep_optim_step(s, w, g, 0.1, true);
+        const char *msg = NULL;
+        ck_assert_ptr_null(next);
+        ck_assert_int_eq(ms_last_error(&msg), bad[k].want);
+        ck_assert_msg(strstr(msg, bad[k].needle), "case %d: '%s' lacks '%s'", k, msg,
+                      bad[k].needle);
+        ms_clear_error();
+        ms_container_release(saved);
+        metastep_optim_state_release(s);
+    }
+    ms_container_release(g);
+    ms_container_release(w);
+}
+END_TEST
+
 /* ------------------------------------------------------- bad input */
 
 static ms_tensor *null_cost(const ms_container *b, const ms_container *v, void *u)
@@ -1012,6 +1053,7 @@ int main(void)
     tcase_add_test(opt, option_stop_gradients);
     tcase_add_test(opt, gradient_descent_update_like_ivy);
     tcase_add_test(opt, optimizer_states_by_hand);
+    tcase_add_test(opt, optimizer_state_must_match_variables);
     suite_add_tcase(s, opt);
     TCase *bad = tcase_create("bad input");
     tcase_add_test(bad, bad_input);

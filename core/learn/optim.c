@@ -20,6 +20,46 @@ typedef struct moments {
 
 static ms_tensor *maybe_detach(ms_tensor *t, bool stop) { return stop ? ms_stop_gradient(t) : t; }
 
+/* A non-empty state container (momentum buffers, Adam moments: from earlier
+ * steps or restored from a checkpoint) must hold exactly the variables' key
+ * chains with their shapes: a missing, extra or misshapen leaf would
+ * silently restart that leaf's statistics or broadcast into garbage. */
+static bool state_matches(const char *fn, const char *what, const ms_container *st,
+                          const ms_container *w)
+{
+    if (!st || ms_container_size(st) == 0)
+        return true;
+    for (int i = 0; i < ms_container_size(st); i++)
+        if (!ms_container_has(w, ms_container_key(st, i))) {
+            ms__fail(MS_ERR_KEY, "%s: the optimizer state's %s has '%s', which is not a variable",
+                     fn, what, ms_container_key(st, i));
+            return false;
+        }
+    for (int i = 0; i < ms_container_size(w); i++) {
+        const char *key = ms_container_key(w, i);
+        const ms_tensor *x = ms_container_at(w, i);
+        const ms_tensor *y = ms_container_has(st, key) ? ms_container_get(st, key) : NULL;
+        if (!y) {
+            ms__fail(MS_ERR_KEY, "%s: the optimizer state's %s has no '%s'", fn, what, key);
+            return false;
+        }
+        bool same = ms_tensor_ndim(x) == ms_tensor_ndim(y) &&
+                    ms_tensor_dtype(x) == ms_tensor_dtype(y);
+        for (int d = 0; same && d < ms_tensor_ndim(x); d++)
+            same = ms_tensor_shape(x)[d] == ms_tensor_shape(y)[d];
+        if (!same) {
+            char a[MS_SHAPE_BUF], b[MS_SHAPE_BUF];
+            ms__fail(MS_ERR_SHAPE, "%s: the optimizer state's %s '%s' is %s %s, the variable %s %s",
+                     fn, what, key, ms_dtype_name(ms_tensor_dtype(y)),
+                     ms__shape_str(a, sizeof a, ms_tensor_ndim(y), ms_tensor_shape(y)),
+                     ms_dtype_name(ms_tensor_dtype(x)),
+                     ms__shape_str(b, sizeof b, ms_tensor_ndim(x), ms_tensor_shape(x)));
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Apply `fn` to every leaf; the state containers (when s is non-NULL) are
  * replaced by the new state. */
 static ms_container *apply(const char *fn, const metastep_optimizer *o, moments *s,
@@ -39,6 +79,9 @@ static ms_container *apply(const char *fn, const metastep_optimizer *o, moments 
         ms__fail(st, "%s: variables and gradients differ in structure", fn);
         return NULL;
     }
+    if (s && (!state_matches(fn, "first buffer (m)", s->m, w) ||
+              !state_matches(fn, "second buffer (v)", s->v, w)))
+        return NULL;
     ms_container *out = ms_container_new();
     ms_container *nm = s ? ms_container_new() : NULL, *nv = s ? ms_container_new() : NULL;
     if (!out || (s && (!nm || !nv))) {
