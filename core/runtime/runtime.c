@@ -101,8 +101,17 @@ static const char *default_name(void)
     return env && *env ? env : "ref";
 }
 
+/* Per-thread overrides (metastep_set_thread_backend): a stack per thread.
+ * `overrides` counts the threads that have one, so the common case (none)
+ * costs one relaxed load and no thread-local access per kernel call. */
+static _Thread_local ms_loaded *tstack[MS_MAX_STACK];
+static _Thread_local int tdepth;
+static atomic_int overrides;
+
 static ms_loaded *active_backend(void)
 {
+    if (atomic_load_explicit(&overrides, memory_order_relaxed) && tdepth)
+        return tstack[tdepth - 1];
     ms_loaded *l = atomic_load_explicit(&active, memory_order_acquire);
     if (l)
         return l;
@@ -157,6 +166,34 @@ ms_status metastep_unset_backend(void)
     }
     pthread_mutex_unlock(&lock);
     return st;
+}
+
+ms_status metastep_set_thread_backend(const char *name)
+{
+    if (!name)
+        return ms__fail(MS_ERR_NULL_ARG, "metastep_set_thread_backend: name is NULL");
+    if (tdepth == MS_MAX_STACK)
+        return ms__fail(MS_ERR_INVALID_ARG, "metastep_set_thread_backend: more than %d "
+                        "backends pushed on this thread", MS_MAX_STACK);
+    pthread_mutex_lock(&lock);
+    ms_loaded *l = load_locked(name);
+    pthread_mutex_unlock(&lock);
+    if (!l)
+        return MS_ERR_BACKEND;
+    tstack[tdepth++] = l;
+    if (tdepth == 1)
+        atomic_fetch_add(&overrides, 1);
+    return MS_OK;
+}
+
+ms_status metastep_unset_thread_backend(void)
+{
+    if (tdepth == 0)
+        return ms__fail(MS_ERR_INVALID_ARG, "metastep_unset_thread_backend: no backend was set "
+                        "on this thread");
+    if (--tdepth == 0)
+        atomic_fetch_sub(&overrides, 1);
+    return MS_OK;
 }
 
 const char *metastep_current_backend(void)

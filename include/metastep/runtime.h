@@ -33,7 +33,20 @@ ms_status metastep_set_backend(const char *name);
 /* Pop the stack.  MS_ERR_INVALID_ARG when it is empty (the default stays). */
 ms_status metastep_unset_backend(void);
 
-/* Name of the active backend ("ref" by default); NULL with the error set if
+/* A backend for the calling thread only, overriding the process-wide stack
+ * on this thread until the matching metastep_unset_thread_backend (a
+ * per-thread stack, nestable up to 64 deep).  Other threads keep the
+ * process-wide backend, so threads can each compute on their own backend at
+ * the same time.  Errors as metastep_set_backend; MS_ERR_INVALID_ARG when
+ * this thread's stack is full.  A thread should pop what it pushed before it
+ * exits. */
+ms_status metastep_set_thread_backend(const char *name);
+
+/* Pop this thread's override stack.  MS_ERR_INVALID_ARG when it is empty. */
+ms_status metastep_unset_thread_backend(void);
+
+/* Name of the active backend on this thread: the top of its own override
+ * stack if it has one, else the process-wide stack's ("ref" by default); NULL with the error set if
  * the default named by METASTEP_BACKEND cannot be loaded.  The string is owned
  * by the backend and lives until exit. */
 const char *metastep_current_backend(void);
