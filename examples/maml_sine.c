@@ -9,9 +9,11 @@
  * K = 10 points with one gradient step.  MAML learns initial weights from
  * which that one step already fits a new sine well.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "metastep/metastep.h"
 
@@ -102,9 +104,16 @@ static int die(const char *what)
     return 1;
 }
 
+/* usage: maml_sine [STEPS [BACKEND [OUTPUT]]]; OUTPUT defaults to
+ * out/maml_sine.safetensors (out/ is created), never the current directory. */
 int main(int argc, char **argv)
 {
     int steps = argc > 1 ? atoi(argv[1]) : 1000;
+    const char *output = argc > 3 ? argv[3] : "out/maml_sine.safetensors";
+    if (argc <= 3 && mkdir("out", 0777) != 0 && errno != EEXIST) {
+        perror("maml_sine: cannot create out/");
+        return 1;
+    }
     /* Without an argument the backend is METASTEP_BACKEND's, or ref. */
     if (argc > 2 && metastep_set_backend(argv[2]) != MS_OK)
         return die("cannot set the backend");
@@ -147,9 +156,9 @@ int main(int argc, char **argv)
         ms_container_release(batch);
     }
     /* Keep the meta-parameters for another program, or for PyTorch. */
-    if (ms_container_save(params, "maml_sine.safetensors") != MS_OK)
+    if (ms_container_save(params, output) != MS_OK)
         return die("cannot save the parameters");
-    printf("saved the meta-parameters to maml_sine.safetensors\n");
+    printf("saved the meta-parameters to %s\n", output);
     ms_container_release(held_out);
     ms_container_release(params);
     metastep_optim_state_release(opt);
