@@ -364,8 +364,9 @@ START_TEST(gradcheck)
             put(p.x[i], j, x0);
             ms_scope_pop();
             double num = (lp - lm) / (2 * EPS), ana = at(gi, j);
-            ck_assert_msg(close_enough(ana, num), "%s: dL/dx%d[%lld]: analytic %.12g, numeric %.12g",
-                          c->name, i, (long long)j, ana, num);
+            ck_assert_msg(close_enough(ana, num),
+                          "%s: dL/dx%d[%lld]: analytic %.12g, numeric %.12g", c->name,
+                          i, (long long)j, ana, num);
         }
     }
     ms_container_release(g);
@@ -415,8 +416,9 @@ START_TEST(gradgradcheck)
             double num = (at(ms_container_at(gp, i), j) - at(ms_container_at(gm, i), j)) /
                          (2 * EPS);
             double ana = at(h, j);
-            ck_assert_msg(close_enough(ana, num), "%s: (Hv)_x%d[%lld]: analytic %.12g, numeric %.12g",
-                          c->name, i, (long long)j, ana, num);
+            ck_assert_msg(close_enough(ana, num),
+                          "%s: (Hv)_x%d[%lld]: analytic %.12g, numeric %.12g", c->name,
+                          i, (long long)j, ana, num);
         }
     }
     ms_container_release(gp);
@@ -705,10 +707,12 @@ START_TEST(conv4_second_order_maml)
     for (int k = 0; k < 10; k++) {
         ms_scope_push();
         ms_container *dir = ms_container_new();
-        for (int j = 0; j < 10; j++)
+        for (int j = 0; j < 10; j++) {
+            uint64_t seed = 77u + (uint64_t)j;
             ms_container_set(dir, pkeys[j],
-                             j == k ? ms_random_uniform(MS_F64, pnd[j], pshapes[j], -1, 1, 77u + (uint64_t)j)
+                             j == k ? ms_random_uniform(MS_F64, pnd[j], pshapes[j], -1, 1, seed)
                                     : ms_zeros(MS_F64, pnd[j], pshapes[j]));
+        }
         ms_container *pp = net_params(dir, EPS, 40), *pm = net_params(dir, -EPS, 40);
         double lp = ms_tensor_item(meta_loss(pp, &sup, &qry, false));
         double lm = ms_tensor_item(meta_loss(pm, &sup, &qry, false));
