@@ -216,14 +216,39 @@ static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batc
         (mode == MODE_DIRECT || mode == MODE_POSTSCALE) ? (beta == 0.0) : mode == MODE_SCRATCH;
     const int tflag = trans_a ? LIBXSMM_GEMM_FLAG_TRANS_B : 0;
 
+    /* One tile (every small GEMM, MAML's among them): one kernel for the
+     * whole batch, fetched before anything is written. */
+    if (m <= TILE_M && n <= TILE_N && k <= TILE_K && !trans_b && mode != MODE_SCRATCH) {
+        const int flags = tflag | (first_beta0 ? LIBXSMM_GEMM_FLAG_BETA_0 : 0);
+        libxsmm_xmmfunction fn =
+            get_kernel(dt, (int)n, (int)m, (int)k, (int)ldb, (int)lda, (int)ldc, flags);
+        if (!fn.xmm)
+            return MS_ERR_UNSUPPORTED;
+        for (int64_t p = 0; p < batch; p++) {
+            const char *ap = (const char *)a + (size_t)(p * stride_a) * es;
+            const char *bp = (const char *)b + (size_t)(p * stride_b) * es;
+            char *cp = (char *)c + (size_t)(p * stride_c) * es;
+            if (mode == MODE_PRESCALE)
+                scale_c(dt, m, n, beta, cp, ldc);
+            if (dt == MS_F32)
+                fn.smm((const float *)bp, (const float *)ap, (float *)cp);
+            else
+                fn.dmm((const double *)bp, (const double *)ap, (double *)cp);
+            if (mode == MODE_POSTSCALE)
+                scale_c(dt, m, n, alpha, cp, ldc);
+        }
+        return MS_OK;
+    }
+
     /* Fetch every kernel shape the tile loops will use (at most 16) before
      * anything is written, so a kernel libxsmm declines leaves C untouched
      * for the reference backend. */
     const int64_t ldb_eff = trans_b ? n : ldb;
     {
-        const int64_t mts[2] = {min64(m, TILE_M), m % TILE_M};
-        const int64_t nts[2] = {min64(n, TILE_N), n % TILE_N};
-        const int64_t kts[2] = {min64(k, TILE_K), k % TILE_K};
+        /* full tiles, and the edge tiles when there are several */
+        const int64_t mts[2] = {min64(m, TILE_M), m > TILE_M ? m % TILE_M : 0};
+        const int64_t nts[2] = {min64(n, TILE_N), n > TILE_N ? n % TILE_N : 0};
+        const int64_t kts[2] = {min64(k, TILE_K), k > TILE_K ? k % TILE_K : 0};
         for (int x = 0; x < 2; x++)
             for (int y = 0; y < 2; y++)
                 for (int z = 0; z < 2; z++)
