@@ -2,7 +2,7 @@
  * kernel table, and whether dispatch through a backend costs anything over
  * calling OpenBLAS directly.
  *
- *   ./build/bench/bench-kernels [--smoke] [BACKEND...]   (default: ref openblas onednn)
+ *   ./build/bench/bench-kernels [--smoke] [BACKEND...]   (default: ref openblas onednn xsmm)
  *
  * --smoke: one call per repeat, one repeat, and no shape over 2^24
  * multiply-adds or elements: checks that every path runs (CI does this in a
@@ -75,24 +75,26 @@ static double time_call(bench_fn fn, void *user)
 typedef struct gemm_args {
     const ms_backend *b; /* NULL: cblas_sgemm directly */
     int64_t batch, m, n, k, stride_b;
+    bool ta, tb;
     float *a, *bm, *c;
 } gemm_args;
 
 static int run_gemm(void *user)
 {
     gemm_args *g = user;
+    const int64_t lda = g->ta ? g->m : g->k, ldb = g->tb ? g->k : g->n;
     if (!g->b) {
         for (int64_t p = 0; p < g->batch; p++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->m, (int)g->n,
-                        (int)g->k, 1.0f, g->a + p * g->m * g->k, (int)g->k,
-                        g->bm + p * g->stride_b, (int)g->n, 0.0f, g->c + p * g->m * g->n,
-                        (int)g->n);
+            cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                        g->tb ? CblasTrans : CblasNoTrans, (int)g->m, (int)g->n, (int)g->k,
+                        1.0f, g->a + p * g->m * g->k, (int)lda, g->bm + p * g->stride_b,
+                        (int)ldb, 0.0f, g->c + p * g->m * g->n, (int)g->n);
         return 0;
     }
     if (!g->b->gemm)
         return 1;
-    ms_status st = g->b->gemm(MS_F32, false, false, g->batch, g->m, g->n, g->k, 1.0, g->a, g->k,
-                              g->m * g->k, g->bm, g->n, g->stride_b, 0.0, g->c, g->n,
+    ms_status st = g->b->gemm(MS_F32, g->ta, g->tb, g->batch, g->m, g->n, g->k, 1.0, g->a, lda,
+                              g->m * g->k, g->bm, ldb, g->stride_b, 0.0, g->c, g->n,
                               g->m * g->n);
     return st == MS_OK ? 0 : 1;
 }
@@ -162,29 +164,33 @@ typedef struct shape {
     const char *label;
     int64_t batch, m, n, k;
     bool shared_b; /* batch stride 0 for B: every task multiplies by the same weights */
+    bool ta, tb;   /* op(A) = Aᵀ (A stored k×m), op(B) = Bᵀ (B stored n×k) */
 } shape;
 
 static const shape SHAPES[] = {
-    {"8", 1, 8, 8, 8, false},
-    {"16", 1, 16, 16, 16, false},
-    {"32", 1, 32, 32, 32, false},
-    {"64", 1, 64, 64, 64, false},
-    {"128", 1, 128, 128, 128, false},
-    {"256", 1, 256, 256, 256, false},
-    {"512", 1, 512, 512, 512, false},
-    {"1024", 1, 1024, 1024, 1024, false},
-    {"250x40x40 (25 tasks x 10 rows)", 1, 250, 40, 40, false},
-    {"1024x64x1024", 1, 1024, 1024, 64, false},
-    {"1024x1024x64", 1, 1024, 64, 1024, false},
-    {"25 x (10x40)(40x40) shared B", 25, 10, 40, 40, true},
-    {"25 x (10x40)(40x40)", 25, 10, 40, 40, false},
-    {"25 x (10x1)(1x40)", 25, 10, 40, 1, true},
+    {"8", 1, 8, 8, 8, false, false, false},
+    {"16", 1, 16, 16, 16, false, false, false},
+    {"32", 1, 32, 32, 32, false, false, false},
+    {"64", 1, 64, 64, 64, false, false, false},
+    {"128", 1, 128, 128, 128, false, false, false},
+    {"256", 1, 256, 256, 256, false, false, false},
+    {"512", 1, 512, 512, 512, false, false, false},
+    {"1024", 1, 1024, 1024, 1024, false, false, false},
+    {"250x40x40 (25 tasks x 10 rows)", 1, 250, 40, 40, false, false, false},
+    {"1024x64x1024", 1, 1024, 1024, 64, false, false, false},
+    {"1024x1024x64", 1, 1024, 64, 1024, false, false, false},
+    {"25 x (10x40)(40x40) shared B", 25, 10, 40, 40, true, false, false},
+    {"25 x (10x40)(40x40)", 25, 10, 40, 40, false, false, false},
+    {"25 x (10x1)(1x40)", 25, 10, 40, 1, true, false, false},
+    /* the backward pass of 25 x (10x40)(40x40): G Wᵀ and the per-task Xᵀ G */
+    {"25 x (10x40)(40x40)T shared B", 25, 10, 40, 40, true, false, true},
+    {"25 x (40x10)T(10x40)", 25, 40, 40, 10, false, true, false},
 };
 #define NSHAPES ((int)(sizeof SHAPES / sizeof *SHAPES))
 
 int main(int argc, char **argv)
 {
-    const char *defaults[] = {"ref", "openblas", "onednn"};
+    const char *defaults[] = {"ref", "openblas", "onednn", "xsmm"};
     const char *names[MAX_BACKENDS];
     const ms_backend *tables[MAX_BACKENDS];
     int nb = 0;
@@ -193,7 +199,7 @@ int main(int argc, char **argv)
         argc--;
         argv++;
     }
-    int nreq = argc > 1 ? argc - 1 : 3;
+    int nreq = argc > 1 ? argc - 1 : (int)(sizeof defaults / sizeof *defaults);
     for (int i = 0; i < nreq && nb < MAX_BACKENDS; i++) {
         const char *name = argc > 1 ? argv[i + 1] : defaults[i];
         const ms_backend *t = NULL;
@@ -215,7 +221,7 @@ int main(int argc, char **argv)
         if (strcmp(tables[i]->header.name, "openblas") == 0)
             blas_col = i;
 
-    printf("\nfloat32 GEMM, NN, C = A*B (GFLOP/s, median of %d)\n", REPEATS);
+    printf("\nfloat32 GEMM, C = op(A)*op(B), NN unless a T says so (GFLOP/s, median of %d)\n", REPEATS);
     printf("%-32s", "shape (m x n x k)");
     for (int i = 0; i < nb; i++)
         printf(" %10s", names[i]);
@@ -236,7 +242,7 @@ int main(int argc, char **argv)
         printf("%-32s", sh->label);
         double blas_backend = NAN;
         for (int i = 0; i < nb; i++) {
-            gemm_args g = {tables[i], sh->batch, sh->m, sh->n, sh->k, bstride, a, b, c};
+            gemm_args g = {tables[i], sh->batch, sh->m, sh->n, sh->k, bstride, sh->ta, sh->tb, a, b, c};
             double t = time_call(run_gemm, &g);
             if (i == blas_col)
                 blas_backend = t;
@@ -246,7 +252,7 @@ int main(int argc, char **argv)
                 printf(" %10.2f", flops / t * 1e-9);
             fflush(stdout);
         }
-        gemm_args g = {NULL, sh->batch, sh->m, sh->n, sh->k, bstride, a, b, c};
+        gemm_args g = {NULL, sh->batch, sh->m, sh->n, sh->k, bstride, sh->ta, sh->tb, a, b, c};
         double direct = time_call(run_gemm, &g);
         printf(" %10.2f", flops / direct * 1e-9);
         if (!isnan(blas_backend))

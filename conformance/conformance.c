@@ -893,7 +893,10 @@ typedef struct gemm_case {
     bool big;
 } gemm_case;
 
-static void case_gemm(ctx *c, ms_dtype dt, const gemm_case *g)
+/* With nf, about one element in `every` of A and B (and of C when beta is
+ * not 0) is non-finite: the result must hold NaN and infinities exactly where
+ * the reference backend's IEEE GEMM puts them (no 0·NaN = 0 shortcuts). */
+static void case_gemm_nf(ctx *c, ms_dtype dt, const gemm_case *g, nf_kind nf, int64_t every)
 {
     conf_row *row = row_get(c, "gemm", NULL, dt);
     const int64_t arows = g->ta ? g->k : g->m, acols = g->ta ? g->m : g->k;
@@ -910,16 +913,19 @@ static void case_gemm(ctx *c, ms_dtype dt, const gemm_case *g)
     char desc[200];
     snprintf(desc, sizeof desc,
              "%s%s batch %lld m %lld n %lld k %lld alpha %g beta %g lda %lld ldb %lld ldc %lld "
-             "strides %lld/%lld/%lld",
+             "strides %lld/%lld/%lld%s",
              g->ta ? "T" : "N", g->tb ? "T" : "N", (long long)g->batch, (long long)g->m,
              (long long)g->n, (long long)g->k, g->alpha, g->beta, (long long)lda, (long long)ldb,
-             (long long)ldc, (long long)stra, (long long)strb, (long long)strc);
+             (long long)ldc, (long long)stra, (long long)strb, (long long)strc, nf_label(nf));
     double scale = 0;
     if (a && b) {
         scale = fabs(g->alpha) * sqrt((double)(g->k ? g->k : 1)) * rms(dt, a, na) * rms(dt, b, nb);
         if (c0)
             scale += fabs(g->beta) * rms(dt, c0, nc);
     }
+    scatter_nonfinite(dt, a, na, every, nf, 1);
+    scatter_nonfinite(dt, b, nb, every, nf, 2);
+    scatter_nonfinite(dt, c0, nc, every, nf, 3);
     ms_status sr = MS_ERR_NOMEM, sc = MS_ERR_NOMEM;
     /* beta 0: C starts as NaN, which must not leak into the result. */
     if (a && b && (g->beta == 0 || c0) && out_pair(c, dt, nc, c0, g->beta == 0, &yr, &yc)) {
@@ -932,6 +938,11 @@ static void case_gemm(ctx *c, ms_dtype dt, const gemm_case *g)
     finish(c, row, sr, sc, c->cand->gemm != NULL, dt, yr, yc, nc + GUARD,
            tol_for("gemm", "gemm", dt, (double)g->k, scale), desc);
     case_end(c);
+}
+
+static void case_gemm(ctx *c, ms_dtype dt, const gemm_case *g)
+{
+    case_gemm_nf(c, dt, g, NF_NONE, 0);
 }
 
 static void family_gemm(ctx *c)
@@ -979,6 +990,20 @@ static void family_gemm(ctx *c)
         case_gemm(c, dt, &maml2);
         gemm_case maml3 = {false, true, 25, 10, 40, 40, 1.0, 0.0, 0, 0, 0, 1, 0, false};
         case_gemm(c, dt, &maml3);
+        /* Scattered NaN and infinities (one element in 97 or 331): whole rows
+         * and columns of C turn non-finite, others stay finite; with beta
+         * 1.5 through C too; the MAML shape and one beyond a 64-wide tile. */
+        for (int k = NF_ALL; k <= NF_INF; k++) {
+            for (int t = 0; t < 4; t++) {
+                const bool ta = t & 1, tb = (t >> 1) & 1;
+                gemm_case n1 = {ta, tb, 3, 10, 40, 40, 1.0, 0.0, 0, 0, 0, 1, 0, false};
+                case_gemm_nf(c, dt, &n1, (nf_kind)k, 331);
+                gemm_case n2 = {ta, tb, 2, 13, 7, 9, 0.5, 1.5, 1, 2, 3, 1, 1, false};
+                case_gemm_nf(c, dt, &n2, (nf_kind)k, 97);
+                gemm_case n3 = {ta, tb, 1, 70, 67, 300, 1.0, 0.0, 0, 0, 0, 1, 1, false};
+                case_gemm_nf(c, dt, &n3, (nf_kind)k, 20011);
+            }
+        }
         /* sizes that are not multiples of any vector width, and one beyond L2 */
         gemm_case odd = {true, true, 1, 257, 129, 333, 1.0, 0.0, 0, 0, 0, 1, 1, false};
         case_gemm(c, dt, &odd);
