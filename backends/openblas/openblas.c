@@ -272,7 +272,9 @@ static ms_status blas_copy(ms_dtype dt, int ndim, const int64_t *shape, const vo
 /* ------------------------------------------------------------------------ */
 
 /* Columns per GEMM below which images are grouped. */
+#ifndef CONV_MIN_COLS
 #define CONV_MIN_COLS 256
+#endif
 /* Largest scratch matrix, in elements, a group may use. */
 #define CONV_MAX_SCRATCH ((int64_t)1 << 22)
 
