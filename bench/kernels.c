@@ -9,7 +9,10 @@
  * release build), in about a second; its numbers mean nothing.
  *
  * float32 GEMM (square 8..1024, skinny shapes, the batched small GEMMs of
- * MAML) in GFLOP/s, and elementwise add and tanh in GB/s; every number is the
+ * MAML) in GFLOP/s, float32 conv2d forward / backward data / backward
+ * weights on the layers of Conv4 (3x3, padding 1, 32 filters) at the sizes
+ * of 28x28 5-way 1-shot (5 support images, 80 query images) in GFLOP/s, and
+ * elementwise add and tanh in GB/s; every number is the
  * median of 5 repeats, each repeat long enough (~30 ms) for the clock.  The
  * last columns call cblas_sgemm directly on the same shapes (a loop over the
  * batch for batched shapes) and give backend/direct for the openblas backend.
@@ -188,6 +191,95 @@ static const shape SHAPES[] = {
 };
 #define NSHAPES ((int)(sizeof SHAPES / sizeof *SHAPES))
 
+typedef struct conv_args {
+    const ms_backend *b;
+    int kind; /* 0 forward (with bias), 1 backward data, 2 backward weights */
+    ms_conv2d_desc d;
+    float *x, *w, *bias, *y;
+} conv_args;
+
+static int run_conv(void *user)
+{
+    conv_args *a = user;
+    const ms_backend *b = a->b;
+    ms_status st = MS_ERR_UNSUPPORTED;
+    switch (a->kind) {
+    case 0:
+        if (MS_BACKEND_HAS_SLOT(b, conv2d) && b->conv2d)
+            st = b->conv2d(MS_F32, &a->d, a->x, a->w, a->bias, a->y);
+        break;
+    case 1:
+        if (MS_BACKEND_HAS_SLOT(b, conv2d_backward_data) && b->conv2d_backward_data)
+            st = b->conv2d_backward_data(MS_F32, &a->d, a->y, a->w, a->x);
+        break;
+    default:
+        if (MS_BACKEND_HAS_SLOT(b, conv2d_backward_weights) && b->conv2d_backward_weights)
+            st = b->conv2d_backward_weights(MS_F32, &a->d, a->x, a->y, a->w);
+        break;
+    }
+    return st == MS_OK ? 0 : 1;
+}
+
+typedef struct conv_shape {
+    int64_t n, c, hw;
+} conv_shape;
+
+/* Conv4 on 28x28 images: layer 1 (1 channel in) at 28x28, layers 2-4 (32 in)
+ * at 14x14, 7x7 and 3x3 after each 2x2 pooling; 5 images (5-way 1-shot
+ * support set) and 80 (5-way 16-query set, or a batch of support sets). */
+static const conv_shape CONV_SHAPES[] = {
+    {5, 1, 28}, {5, 32, 14}, {5, 32, 7}, {5, 32, 3},
+    {80, 1, 28}, {80, 32, 14}, {80, 32, 7}, {80, 32, 3},
+};
+#define NCONV ((int)(sizeof CONV_SHAPES / sizeof *CONV_SHAPES))
+
+static int bench_conv(int nb, const char *const *names, const ms_backend *const *tables)
+{
+    static const char *const kinds[] = {"forward (bias)", "backward data", "backward weights"};
+    for (int kind = 0; kind < 3; kind++) {
+        printf("\nfloat32 conv2d %s, 32 filters 3x3, stride 1, padding 1 (GFLOP/s, median of %d)\n",
+               kinds[kind], REPEATS);
+        printf("%-32s", "images x channels x size");
+        for (int i = 0; i < nb; i++)
+            printf(" %10s", names[i]);
+        printf("\n");
+        for (int s = 0; s < NCONV; s++) {
+            const conv_shape *cs = &CONV_SHAPES[s];
+            ms_conv2d_desc d = {cs->n, cs->c, cs->hw, cs->hw, 32, 3, 3, cs->hw, cs->hw, 1, 1};
+            const double macs = (double)(d.n * d.o * d.oh * d.ow * d.c * d.kh * d.kw);
+            if (smoke && macs > (double)(SMOKE_MAX_WORK / 4)) /* ref takes ~0.1 s here */
+                continue;
+            float *x = random_floats(d.n * d.c * d.h * d.w, 7);
+            float *w = random_floats(d.o * d.c * d.kh * d.kw, 8);
+            float *bias = random_floats(d.o, 9);
+            float *y = random_floats(d.n * d.o * d.oh * d.ow, 10);
+            if (!x || !w || !bias || !y) {
+                fprintf(stderr, "bench-kernels: out of memory\n");
+                return 1;
+            }
+            char label[64];
+            snprintf(label, sizeof label, "%lld x %lld x %lldx%lld", (long long)d.n,
+                     (long long)d.c, (long long)d.h, (long long)d.w);
+            printf("%-32s", label);
+            for (int i = 0; i < nb; i++) {
+                conv_args a = {tables[i], kind, d, x, w, bias, y};
+                double t = time_call(run_conv, &a);
+                if (isnan(t))
+                    printf(" %10s", "fallback");
+                else
+                    printf(" %10.2f", 2.0 * macs / t * 1e-9);
+                fflush(stdout);
+            }
+            printf("\n");
+            free(x);
+            free(w);
+            free(bias);
+            free(y);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *defaults[] = {"ref", "openblas", "onednn", "xsmm"};
@@ -262,6 +354,9 @@ int main(int argc, char **argv)
         free(b);
         free(c);
     }
+
+    if (bench_conv(nb, names, tables) != 0)
+        return 1;
 
     static const int64_t sizes[] = {1000, 65536, 1048576, 16777216};
     static const char *const ops[] = {"add", "tanh"};

@@ -96,6 +96,11 @@ static const tol_rule TOLERANCES[] = {
     {"*", "mean",               {TOL_SQRT, TOL_SQRT},     {5e-7, 1e-14},   {1e-7, 1e-15}},
     {"*", "gemm",               {TOL_SQRT, TOL_LINEAR},   {1e-5, 1e-12},   {1e-6, 1e-14}},
     {"*", "softmax",            {TOL_SQRT, TOL_SQRT},     {2e-6, 1e-14},   {1e-6, 1e-15}},
+    /* convolutions: gemm's rule, n = terms per output element (c·kh·kw
+     * forward, o·kh·kw for the data gradient, n·oh·ow for the weights) */
+    {"*", "conv2d",             {TOL_SQRT, TOL_LINEAR},   {1e-5, 1e-12},   {1e-6, 1e-14}},
+    {"*", "conv2d_bwd_data",    {TOL_SQRT, TOL_LINEAR},   {1e-5, 1e-12},   {1e-6, 1e-14}},
+    {"*", "conv2d_bwd_weights", {TOL_SQRT, TOL_LINEAR},   {1e-5, 1e-12},   {1e-6, 1e-14}},
     {"*", "log_softmax",        {TOL_SQRT, TOL_SQRT},     {2e-6, 1e-14},   {1e-6, 1e-15}},
 };
 
@@ -139,7 +144,7 @@ static tol tol_for(const char *family, const char *op, ms_dtype dt, double n, do
 
 const char *const conf_families[] = {"unary", "binary",  "reduce", "gemm", "copy",
                                      "softmax", "fill",  "arange", "where", "ops",
-                                     "grad",  "gradcheck", "threads"};
+                                     "grad",  "gradcheck", "threads", "conv"};
 const int conf_family_count = (int)(sizeof conf_families / sizeof *conf_families);
 
 typedef struct ctx {
@@ -1158,6 +1163,209 @@ static void family_where(ctx *c)
 }
 
 /* ------------------------------------------------------------------------ */
+/* conv: conv2d, its data gradient and its weight gradient (ABI 1.1)          */
+/* ------------------------------------------------------------------------ */
+
+/* A candidate's 1.1 slot, or NULL when its table (ABI 1.0) ends before it. */
+#define CONV_SLOT(b, slot) (MS_BACKEND_HAS_SLOT((b), slot) ? (b)->slot : NULL)
+
+typedef struct conv_case {
+    int64_t n, c, h, w, o, kh, kw, stride, padding;
+    bool bias;
+    nf_kind nf;   /* non-finite values scattered into ... */
+    unsigned nf_ops; /* ... bit 0: the first operand, bit 1: the second (see case_conv) */
+    bool nan_out;    /* outputs start as NaN instead of the sentinel */
+} conv_case;
+
+enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_WEIGHTS };
+
+static ms_status conv_call(const ms_backend *b, int kind, ms_dtype dt, const ms_conv2d_desc *d,
+                           const void *a0, const void *a1, const void *bias, void *out,
+                           bool *have)
+{
+    switch (kind) {
+    case CONV_FWD: {
+        ms_status (*fn)(ms_dtype, const ms_conv2d_desc *, const void *, const void *,
+                        const void *, void *) = CONV_SLOT(b, conv2d);
+        *have = fn != NULL;
+        return fn ? fn(dt, d, a0, a1, bias, out) : MS_ERR_UNSUPPORTED;
+    }
+    case CONV_BWD_DATA: {
+        ms_status (*fn)(ms_dtype, const ms_conv2d_desc *, const void *, const void *, void *) =
+            CONV_SLOT(b, conv2d_backward_data);
+        *have = fn != NULL;
+        return fn ? fn(dt, d, a0, a1, out) : MS_ERR_UNSUPPORTED;
+    }
+    default: {
+        ms_status (*fn)(ms_dtype, const ms_conv2d_desc *, const void *, const void *, void *) =
+            CONV_SLOT(b, conv2d_backward_weights);
+        *have = fn != NULL;
+        return fn ? fn(dt, d, a0, a1, out) : MS_ERR_UNSUPPORTED;
+    }
+    }
+}
+
+static ms_conv2d_desc conv_desc(const conv_case *k)
+{
+    ms_conv2d_desc d = {k->n, k->c, k->h, k->w, k->o, k->kh, k->kw, 0, 0, k->stride, k->padding};
+    d.oh = (k->h + 2 * k->padding - k->kh) / k->stride + 1;
+    d.ow = (k->w + 2 * k->padding - k->kw) / k->stride + 1;
+    return d;
+}
+
+/* One kernel of one case.  Operands (a0, a1): forward (x, w), data gradient
+ * (gy, w), weight gradient (x, gy).  The output has a guard zone on both
+ * sides: GUARD elements before it and GUARD after, all GUARD_VALUE. */
+static void case_conv_kernel(ctx *c, ms_dtype dt, const conv_case *k, int kind)
+{
+    static const char *const ops[] = {"conv2d", "conv2d_bwd_data", "conv2d_bwd_weights"};
+    const ms_conv2d_desc d = conv_desc(k);
+    conf_row *row = row_get(c, "conv", ops[kind], dt);
+    const int64_t nx = d.n * d.c * d.h * d.w, nw = d.o * d.c * d.kh * d.kw;
+    const int64_t ny = d.n * d.o * d.oh * d.ow;
+    const int64_t n0 = kind == CONV_BWD_DATA ? ny : nx, n1 = kind == CONV_BWD_WEIGHTS ? ny : nw;
+    const int64_t nout = kind == CONV_FWD ? ny : kind == CONV_BWD_DATA ? nx : nw;
+    void *a0 = rand_buf(c, dt, n0, DOM_UNIT), *a1 = rand_buf(c, dt, n1, DOM_UNIT);
+    void *bias = kind == CONV_FWD && k->bias ? rand_buf(c, dt, d.o, DOM_UNIT) : NULL;
+    /* A few non-finite values per operand (about 4), so that most outputs
+     * stay finite and the NaN positions say something. */
+    if (k->nf_ops & 1u)
+        scatter_nonfinite(dt, a0, n0, n0 / 4 > 11 ? n0 / 4 : 11, k->nf, 11);
+    if (k->nf_ops & 2u)
+        scatter_nonfinite(dt, a1, n1, n1 / 4 > 11 ? n1 / 4 : 11, k->nf, 12);
+    /* Terms per output element. */
+    const int64_t terms = kind == CONV_FWD ? d.c * d.kh * d.kw + (k->bias ? 1 : 0)
+                          : kind == CONV_BWD_DATA ? d.o * d.kh * d.kw
+                                                  : d.n * d.oh * d.ow;
+    char desc[256];
+    snprintf(desc, sizeof desc,
+             "x (%lld,%lld,%lld,%lld) w (%lld,%lld,%lld,%lld) stride %lld padding %lld -> "
+             "(%lld,%lld)%s%s%s%s%s", (long long)d.n, (long long)d.c, (long long)d.h,
+             (long long)d.w, (long long)d.o, (long long)d.c, (long long)d.kh, (long long)d.kw,
+             (long long)d.stride, (long long)d.padding, (long long)d.oh, (long long)d.ow,
+             kind == CONV_FWD ? (k->bias ? ", bias" : ", no bias") : "", nf_label(k->nf),
+             k->nf == NF_NONE ? "" : (k->nf_ops == 3 ? " (both operands)"
+                                      : k->nf_ops == 1 ? (kind == CONV_BWD_DATA ? " (gy)" : " (x)")
+                                      : (kind == CONV_BWD_WEIGHTS ? " (gy)" : " (w)")),
+             k->nan_out ? ", output starts NaN" : "", "");
+    double scale = 0;
+    if (a0 && a1)
+        scale = sqrt((double)terms) * rms(dt, a0, n0) * rms(dt, a1, n1);
+    void *yr = NULL, *yc = NULL;
+    ms_status sr = MS_ERR_NOMEM, sc = MS_ERR_NOMEM;
+    bool have = false;
+    const size_t es = ms_dtype_size(dt);
+    if (a0 && a1 && (bias || !(kind == CONV_FWD && k->bias)) &&
+        out_pair(c, dt, nout + GUARD, NULL, k->nan_out, &yr, &yc)) {
+        for (int64_t i = 0; i < GUARD; i++) {
+            put(dt, yr, i, GUARD_VALUE);
+            put(dt, yc, i, GUARD_VALUE);
+        }
+        bool ref_have;
+        sr = conv_call(c->ref, kind, dt, &d, a0, a1, bias, (char *)yr + GUARD * es, &ref_have);
+        sc = conv_call(c->cand, kind, dt, &d, a0, a1, bias, (char *)yc + GUARD * es, &have);
+    } else {
+        have = kind == CONV_FWD ? CONV_SLOT(c->cand, conv2d) != NULL
+               : kind == CONV_BWD_DATA ? CONV_SLOT(c->cand, conv2d_backward_data) != NULL
+                                       : CONV_SLOT(c->cand, conv2d_backward_weights) != NULL;
+    }
+    /* A write before the output's start is reported as such; the rest
+     * (including the guard after the end) by the common comparison. */
+    if (row && !c->oom && have && sc == MS_OK && sr == MS_OK && yc &&
+        memcmp(yr, yc, GUARD * es) != 0) {
+        row->cases++;
+        row->native++;
+        row_fail(row, "wrote before the start of its output (%s)", desc);
+    } else {
+        finish(c, row, sr, sc, have, dt, yr, yc, nout + 2 * GUARD,
+               tol_for("conv", ops[kind], dt, (double)terms, scale), desc);
+    }
+    case_end(c);
+}
+
+static void case_conv(ctx *c, ms_dtype dt, const conv_case *k)
+{
+    const ms_conv2d_desc d = conv_desc(k);
+    if (d.oh < 1 || d.ow < 1)
+        return; /* the frontend refuses these */
+    for (int kind = CONV_FWD; kind <= CONV_BWD_WEIGHTS; kind++)
+        case_conv_kernel(c, dt, k, kind);
+}
+
+static void family_conv(ctx *c)
+{
+    static const int64_t kernels[][2] = {{1, 1}, {3, 3}, {2, 3}, {5, 5}};
+    static const int64_t images[][2] = {{5, 5}, {7, 7}, {6, 9}, {9, 6}, {8, 8}, {11, 4}, {1, 1}};
+    for (int dti = 0; dti < 2; dti++) {
+        const ms_dtype dt = (ms_dtype)dti;
+        /* The sweep: every kernel shape, stride and padding, with batch,
+         * channels, filters and the image size cycling through their
+         * ranges (the image sizes include odd, non-square and a window
+         * that floors the output). */
+        int idx = 0;
+        for (size_t kk = 0; kk < sizeof kernels / sizeof *kernels; kk++)
+            for (int64_t s = 1; s <= 3; s++)
+                for (int64_t p = 0; p <= 2; p++) {
+                    for (int rep = 0; rep < 2; rep++, idx++) {
+                        const int64_t *im = images[(idx * 3 + rep) % 7];
+                        conv_case k = {1 + idx % 3, 1 + (idx / 3) % 5, im[0], im[1],
+                                       1 + (idx * 5 / 2) % 6, kernels[kk][0], kernels[kk][1],
+                                       s, p, (idx % 2) == 0, NF_NONE, 0, (idx % 4) == 1};
+                        case_conv(c, dt, &k);
+                    }
+                }
+        /* Edge cases: the window exactly fits the image (1x1 output); a
+         * kernel wider than the image, covered by padding; a stride whose
+         * output floors (rows and columns no window reads: their data
+         * gradient is 0); padding larger than half the kernel; 1x1 images. */
+        const conv_case edges[] = {
+            {2, 3, 5, 5, 4, 5, 5, 1, 0, true, NF_NONE, 0, false},
+            {1, 2, 3, 4, 3, 3, 4, 1, 0, false, NF_NONE, 0, true},
+            {2, 2, 3, 3, 3, 5, 5, 1, 1, true, NF_NONE, 0, false},
+            {2, 3, 8, 8, 2, 3, 3, 3, 0, true, NF_NONE, 0, false},
+            {1, 2, 10, 7, 3, 2, 2, 3, 0, false, NF_NONE, 0, true},
+            {3, 1, 9, 11, 2, 3, 2, 2, 1, true, NF_NONE, 0, false},
+            {2, 2, 4, 4, 2, 1, 1, 1, 2, true, NF_NONE, 0, false},
+            {2, 2, 4, 4, 2, 3, 3, 2, 2, false, NF_NONE, 0, false},
+            {3, 4, 1, 1, 5, 1, 1, 1, 0, true, NF_NONE, 0, false},
+            {1, 1, 1, 1, 1, 3, 3, 1, 1, true, NF_NONE, 0, false},
+        };
+        for (size_t i = 0; i < sizeof edges / sizeof *edges; i++)
+            case_conv(c, dt, &edges[i]);
+        /* Large enough for oneDNN's default threshold (16384 x 16
+         * multiply-adds): Conv4 layers, a strided 5x5 and a flooring one. */
+        const conv_case big[] = {
+            {5, 1, 28, 28, 32, 3, 3, 1, 1, true, NF_NONE, 0, false},
+            {5, 32, 14, 14, 32, 3, 3, 1, 1, true, NF_NONE, 0, true},
+            {3, 3, 28, 28, 8, 5, 5, 2, 2, false, NF_NONE, 0, false},
+            {2, 8, 23, 17, 16, 3, 3, 3, 0, true, NF_NONE, 0, false},
+            {4, 16, 7, 7, 24, 3, 3, 1, 1, false, NF_NONE, 0, false},
+        };
+        for (size_t i = 0; i < sizeof big / sizeof *big; i++)
+            case_conv(c, dt, &big[i]);
+        /* Non-finite values in either operand or both, with and without
+         * padding, small and above oneDNN's default threshold.  A NaN or an
+         * infinity reaches every output whose window covers it, and a
+         * padded tap contributes nothing (0 times inf is not computed). */
+        const conv_case nfs[] = {
+            {2, 3, 7, 7, 4, 3, 3, 1, 0, true, NF_ALL, 0, false},
+            {2, 3, 7, 7, 4, 3, 3, 1, 1, true, NF_ALL, 0, false},
+            {2, 3, 9, 8, 4, 3, 2, 2, 2, false, NF_ALL, 0, false},
+            {4, 8, 14, 14, 16, 3, 3, 1, 1, true, NF_ALL, 0, false},
+            {4, 8, 15, 15, 16, 3, 3, 2, 0, true, NF_ALL, 0, false},
+        };
+        for (size_t i = 0; i < sizeof nfs / sizeof *nfs; i++)
+            for (unsigned ops = 1; ops <= 3; ops++)
+                for (int kind = 0; kind < 2; kind++) {
+                    conv_case k = nfs[i];
+                    k.nf_ops = ops;
+                    k.nf = kind ? NF_INF : NF_ALL;
+                    case_conv(c, dt, &k);
+                }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* softmax                                                                    */
 /* ------------------------------------------------------------------------ */
 
@@ -1800,8 +2008,21 @@ static void family_ops(ctx *c, const char *family)
 #define NTHREADS 4
 #define THREAD_ITERS 8
 
-typedef enum tkind { TK_TANH, TK_ADD, TK_GEMM, TK_SUM, TK_SOFTMAX, TK_COUNT } tkind;
-static const char *const TK_NAMES[] = {"tanh", "add", "gemm", "sum", "softmax"};
+typedef enum tkind {
+    TK_TANH, TK_ADD, TK_GEMM, TK_SUM, TK_SOFTMAX,
+    TK_CONV, TK_CONV_BWD_DATA, TK_CONV_BWD_WEIGHTS, /* ABI 1.1 slots, through CONV_SLOT */
+    TK_COUNT
+} tkind;
+static const char *const TK_NAMES[] = {"tanh", "add", "gemm", "sum", "softmax",
+                                       "conv2d", "conv2d_bwd_data", "conv2d_bwd_weights"};
+
+/* The threads family's convolution of size parameter s (3..6): above
+ * oneDNN's default threshold, stride 1 or 2, padding 1. */
+static ms_conv2d_desc tjob_conv_desc(int64_t s)
+{
+    conv_case k = {2, 8, 12 + s, 11 + s, 16, 3, 3, 1 + s % 2, 1, true, NF_NONE, 0, false};
+    return conv_desc(&k);
+}
 
 /* One kernel call with its inputs and the reference's output; each thread
  * has its own jobs, with shapes that differ between threads so that a
@@ -1810,7 +2031,7 @@ typedef struct tjob {
     tkind kind;
     ms_dtype dt;
     int64_t s; /* the size parameter */
-    void *a, *b, *ref, *out;
+    void *a, *b, *bias, *ref, *out;
     int64_t nout;
     tol t;
     /* results */
@@ -1853,6 +2074,13 @@ static ms_status tjob_call(const ms_backend *b, tjob *j, void *out, bool *have)
     case TK_SOFTMAX:
         *have = b->softmax != NULL;
         return *have ? b->softmax(j->dt, false, s, 5 + s % 3, 1, j->a, out) : MS_ERR_UNSUPPORTED;
+    case TK_CONV:
+    case TK_CONV_BWD_DATA:
+    case TK_CONV_BWD_WEIGHTS: {
+        const ms_conv2d_desc d = tjob_conv_desc(s);
+        return conv_call(b, CONV_FWD + (int)(j->kind - TK_CONV), j->dt, &d, j->a, j->b, j->bias,
+                         out, have);
+    }
     default: *have = false; return MS_ERR_UNSUPPORTED;
     }
 }
@@ -1911,6 +2139,22 @@ static void family_threads(ctx *c)
                     break;
                 case TK_SUM: na = s * 300, j->nout = s, n = 300; break;
                 case TK_SOFTMAX: na = j->nout = s * (5 + s % 3); n = 5 + (double)(s % 3); break;
+                case TK_CONV:
+                case TK_CONV_BWD_DATA:
+                case TK_CONV_BWD_WEIGHTS: {
+                    const ms_conv2d_desc d = tjob_conv_desc(s);
+                    const int64_t nx = d.n * d.c * d.h * d.w, nw = d.o * d.c * d.kh * d.kw;
+                    const int64_t ny = d.n * d.o * d.oh * d.ow;
+                    na = j->kind == TK_CONV_BWD_DATA ? ny : nx;
+                    nb = j->kind == TK_CONV_BWD_WEIGHTS ? ny : nw;
+                    j->nout = j->kind == TK_CONV ? ny : j->kind == TK_CONV_BWD_DATA ? nx : nw;
+                    n = j->kind == TK_CONV ? (double)(d.c * d.kh * d.kw + 1)
+                        : j->kind == TK_CONV_BWD_DATA ? (double)(d.o * d.kh * d.kw)
+                                                      : (double)(d.n * d.oh * d.ow);
+                    if (j->kind == TK_CONV)
+                        j->bias = rand_buf(c, dt, d.o, DOM_UNIT);
+                    break;
+                }
                 default: break;
                 }
                 j->a = rand_buf(c, dt, na, DOM_UNIT);
@@ -1919,7 +2163,8 @@ static void family_threads(ctx *c)
                     j->st = MS_ERR_NOMEM;
                     continue;
                 }
-                double scale = j->kind == TK_GEMM ? sqrt(n) / 3 : j->kind == TK_SUM ? sqrt(n / 3) : 0;
+                double scale = j->kind == TK_GEMM || j->kind >= TK_CONV ? sqrt(n) / 3
+                               : j->kind == TK_SUM ? sqrt(n / 3) : 0;
                 const char *key = j->kind == TK_GEMM ? "gemm" : TK_NAMES[k];
                 j->t = tol_for("threads", key, dt, n, scale);
                 bool have;
@@ -2018,6 +2263,8 @@ conf_report *conf_run(const char *backend, const char *const *families)
             kernel_families[f](&c);
         else if (strcmp(conf_families[f], "threads") == 0)
             family_threads(&c);
+        else if (strcmp(conf_families[f], "conv") == 0)
+            family_conv(&c);
         else
             family_ops(&c, conf_families[f]);
         case_end(&c);

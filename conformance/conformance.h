@@ -9,8 +9,8 @@
  * metastep_set_backend(candidate) and ("ref"), and every differentiable op's
  * float32 gradient is compared the same way ("grad"), and its float64
  * gradient on the candidate against central finite differences
- * ("gradcheck"); last, a few kernels run on several threads at once
- * ("threads").  Uses only the public headers.
+ * ("gradcheck"); then a few kernels run on several threads at once
+ * ("threads"); last, the convolution kernels of ABI 1.1 ("conv").  Uses only the public headers.
  */
 #ifndef METASTEP_CONFORMANCE_H
 #define METASTEP_CONFORMANCE_H
@@ -44,7 +44,9 @@ typedef struct conf_report {
 } conf_report;
 
 /* The families, in run order ("unary", ..., "where", "ops", "grad", "gradcheck",
- * "threads": a few kernels called from several threads at once). */
+ * "threads": a few kernels called from several threads at once, "conv": the
+ * ABI 1.1 convolution kernels, read from a candidate's table only when its
+ * size covers them: a 1.0 table's are reported as fallback). */
 extern const char *const conf_families[];
 extern const int conf_family_count;
 

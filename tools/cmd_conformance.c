@@ -22,7 +22,7 @@ static void conformance_usage(FILE *f)
             "  --backend NAME|PATH  the backend to check\n"
             "  --family NAME        run only this family (repeatable): unary, binary, reduce,\n"
             "                       gemm, copy, softmax, fill, arange, where, ops, grad,\n"
-            "                       gradcheck, threads\n"
+            "                       gradcheck, threads, conv\n"
             "  --quiet              print only the failing rows and the summary\n");
 }
 

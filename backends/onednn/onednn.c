@@ -2,8 +2,10 @@
  *
  * float32 only: every float64 call returns MS_ERR_UNSUPPORTED so the
  * reference backend serves it.  Kernels: gemm (matmul), unary (eltwise; neg
- * as a binary multiply), binary (with broadcasting), reduce (reduction) and
- * softmax.  copy/fill/arange/where are NULL.  Declined (served by ref):
+ * as a binary multiply), binary (with broadcasting), reduce (reduction),
+ * softmax, and conv2d forward / backward data / backward weights
+ * (convolution primitives; for gemm and conv2d the threshold below counts
+ * multiply-adds, 16 times the element count).  copy/fill/arange/where are NULL.  Declined (served by ref):
  * sign/sin/cos and pow (not in oneDNN 2.6); log and log-softmax (oneDNN's
  * log is off by ~4e-6 absolute); and, because oneDNN 2.6 mishandles NaN,
  * exp/relu/max/min/lt/le/gt/ge calls and max/min reductions whose inputs
@@ -187,7 +189,10 @@ static void *ctx_scratch(exec_ctx *c, size_t size)
 /* ------------------------------------------------------------------------ */
 /* primitive cache                                                           */
 
-enum { KIND_GEMM = 1, KIND_UNARY, KIND_BINARY, KIND_REDUCE, KIND_SOFTMAX };
+enum {
+    KIND_GEMM = 1, KIND_UNARY, KIND_BINARY, KIND_REDUCE, KIND_SOFTMAX,
+    KIND_CONV_FWD, KIND_CONV_BWD_DATA, KIND_CONV_BWD_WEIGHTS
+};
 
 #define KEY_WORDS 40 /* 2 + 3 * MS_MAX_DIMS + slack */
 
@@ -200,7 +205,7 @@ typedef struct prim_entry {
     prim_key key;
     uint64_t hash;
     dnnl_primitive_t prim; /* NULL: oneDNN refused this configuration */
-    dnnl_memory_desc_t md[3]; /* argument descriptors, in kernel-specific order */
+    dnnl_memory_desc_t md[4]; /* argument descriptors, in kernel-specific order */
     dnnl_memory_desc_t scratch_md;
     size_t scratch_size;
     struct prim_entry *next;
@@ -276,15 +281,17 @@ static prim_entry *cache_insert(prim_entry *e, bool *owned)
 }
 
 /* Builds the primitive from an operation descriptor; prim stays NULL when
- * oneDNN refuses.  attr may be NULL. */
-static void entry_build(prim_entry *e, const_dnnl_op_desc_t op_desc, dnnl_primitive_attr_t attr_in)
+ * oneDNN refuses.  attr may be NULL; hint is the forward primitive
+ * descriptor a backward primitive needs (NULL otherwise). */
+static void entry_build_hint(prim_entry *e, const_dnnl_op_desc_t op_desc,
+                             dnnl_primitive_attr_t attr_in, const_dnnl_primitive_desc_t hint)
 {
     dnnl_primitive_attr_t attr = attr_in;
     if (!attr && dnnl_primitive_attr_create(&attr) != dnnl_success)
         return;
     dnnl_primitive_desc_t pd = NULL;
     if (dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
-        dnnl_primitive_desc_create(&pd, op_desc, attr, g_engine, NULL) == dnnl_success) {
+        dnnl_primitive_desc_create(&pd, op_desc, attr, g_engine, hint) == dnnl_success) {
         const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
         if (smd) {
             e->scratch_md = *smd;
@@ -296,6 +303,11 @@ static void entry_build(prim_entry *e, const_dnnl_op_desc_t op_desc, dnnl_primit
     }
     if (!attr_in)
         dnnl_primitive_attr_destroy(attr);
+}
+
+static void entry_build(prim_entry *e, const_dnnl_op_desc_t op_desc, dnnl_primitive_attr_t attr_in)
+{
+    entry_build_hint(e, op_desc, attr_in, NULL);
 }
 
 /* Run `e` with nargs (arg index, md index or -1 for handles given with an
@@ -1090,6 +1102,165 @@ static ms_status dnnl_softmax_kernel(ms_dtype dt, bool log, int64_t outer, int64
 }
 
 /* ------------------------------------------------------------------------ */
+/* conv2d (ABI 1.1): oneDNN convolution primitives on plain NCHW / OIHW     */
+/*                                                                            */
+/* Forward (with or without bias), backward data and backward weights; the   */
+/* backward descriptors are created with a forward primitive descriptor as   */
+/* the hint oneDNN requires.  The weight gradient's primitive is built       */
+/* without a bias gradient.  oneDNN wants                                     */
+/*   (h + padding_l + padding_r - kh) / stride + 1 == oh                      */
+/* exactly, so when the output floors the right padding is smaller than the  */
+/* left one, negative when the last rows or columns are never read; a        */
+/* configuration oneDNN refuses is declined (ref serves it).                 */
+/*                                                                            */
+/* Non-finite values: the reference skips padded taps, and oneDNN's          */
+/* implementations may multiply them by 0 (0·inf = NaN): forward calls whose */
+/* weights, and weight-gradient calls whose output gradient, hold a NaN or   */
+/* an infinity are declined when padding > 0 (checked by a scan).            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct conv_params {
+    int kind; /* KIND_CONV_FWD, KIND_CONV_BWD_DATA, KIND_CONV_BWD_WEIGHTS */
+    bool bias;
+    ms_conv2d_desc d;
+} conv_params;
+
+/* md[0] src (or diff_src), md[1] weights (or diff_weights), md[2] dst (or
+ * diff_dst), md[3] bias. */
+static void build_conv(prim_entry *e, const void *ctx)
+{
+    const conv_params *p = ctx;
+    const ms_conv2d_desc *d = &p->d;
+    int64_t sd[4] = {d->n, d->c, d->h, d->w}, wd[4] = {d->o, d->c, d->kh, d->kw};
+    int64_t dd[4] = {d->n, d->o, d->oh, d->ow}, bd[1] = {d->o};
+    int64_t ss[4], ws[4], ds[4], bs[1] = {1};
+    contiguous_strides(4, sd, ss);
+    contiguous_strides(4, wd, ws);
+    contiguous_strides(4, dd, ds);
+    if (!md_strided(&e->md[0], 4, sd, ss) || !md_strided(&e->md[1], 4, wd, ws) ||
+        !md_strided(&e->md[2], 4, dd, ds) || !md_strided(&e->md[3], 1, bd, bs))
+        return;
+    dnnl_dims_t strides = {d->stride, d->stride};
+    dnnl_dims_t pl = {d->padding, d->padding};
+    dnnl_dims_t pr = {(d->oh - 1) * d->stride + d->kh - d->h - d->padding,
+                      (d->ow - 1) * d->stride + d->kw - d->w - d->padding};
+    const bool fwd_bias = p->kind == KIND_CONV_FWD && p->bias;
+    dnnl_convolution_desc_t fwd;
+    if (dnnl_convolution_forward_desc_init(
+            &fwd, p->kind == KIND_CONV_FWD ? dnnl_forward_inference : dnnl_forward_training,
+            dnnl_convolution_direct, &e->md[0], &e->md[1], fwd_bias ? &e->md[3] : NULL,
+            &e->md[2], strides, pl, pr) != dnnl_success)
+        return;
+    if (p->kind == KIND_CONV_FWD) {
+        entry_build(e, &fwd, NULL);
+        return;
+    }
+    /* The backward primitives need the forward primitive descriptor. */
+    dnnl_primitive_desc_t hint = NULL;
+    if (dnnl_primitive_desc_create(&hint, &fwd, NULL, g_engine, NULL) != dnnl_success)
+        return;
+    dnnl_convolution_desc_t bwd;
+    dnnl_status_t st;
+    if (p->kind == KIND_CONV_BWD_DATA)
+        st = dnnl_convolution_backward_data_desc_init(&bwd, dnnl_convolution_direct, &e->md[0],
+                                                      &e->md[1], &e->md[2], strides, pl, pr);
+    else
+        st = dnnl_convolution_backward_weights_desc_init(&bwd, dnnl_convolution_direct,
+                                                         &e->md[0], &e->md[1], NULL, &e->md[2],
+                                                         strides, pl, pr);
+    if (st == dnnl_success)
+        entry_build_hint(e, &bwd, NULL, hint);
+    dnnl_primitive_desc_destroy(hint);
+}
+
+/* Whether any of n floats is NaN or an infinity. */
+static bool contiguous_has_nonfinite(const float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        float acc = 0.0f;
+        for (int j = 0; j < 64; j++)
+            acc += x[i + j] - x[i + j]; /* 0 when finite, NaN otherwise */
+        if (acc != 0.0f)
+            return true;
+    }
+    float acc = 0.0f;
+    for (; i < n; i++)
+        acc += x[i] - x[i];
+    return acc != 0.0f;
+}
+
+static ms_status conv_run(int kind, ms_dtype dt, const ms_conv2d_desc *d, const void *a0,
+                          const void *a1, const void *bias, void *out)
+{
+    if (dt != MS_F32)
+        return MS_ERR_UNSUPPORTED;
+    const int64_t ckk = d->c * d->kh * d->kw;
+    if (too_small(d->n * d->o * d->oh * d->ow * ckk, 16))
+        return MS_ERR_UNSUPPORTED;
+    /* Padded taps meeting a non-finite weight (forward) or output gradient
+     * (weight gradient): see above. */
+    if (d->padding > 0 &&
+        ((kind == KIND_CONV_FWD && contiguous_has_nonfinite(a1, d->o * ckk)) ||
+         (kind == KIND_CONV_BWD_WEIGHTS &&
+          contiguous_has_nonfinite(a1, d->n * d->o * d->oh * d->ow))))
+        return MS_ERR_UNSUPPORTED;
+    if (!engine_ready())
+        return MS_ERR_UNSUPPORTED;
+    conv_params p;
+    memset(&p, 0, sizeof p);
+    p.kind = kind;
+    p.bias = bias != NULL;
+    p.d = *d;
+    prim_key key = {.len = 0};
+    key_push(&key, kind);
+    key_push(&key, p.bias);
+    const int64_t v[11] = {d->n, d->c, d->h, d->w, d->o, d->kh, d->kw, d->oh, d->ow, d->stride,
+                           d->padding};
+    for (int i = 0; i < 11; i++)
+        key_push(&key, v[i]);
+    switch (kind) {
+    case KIND_CONV_FWD: {
+        exec_arg args[4] = {{DNNL_ARG_SRC, MD_INDEX(0), (void *)a0},
+                            {DNNL_ARG_WEIGHTS, MD_INDEX(1), (void *)a1},
+                            {DNNL_ARG_DST, MD_INDEX(2), out},
+                            {DNNL_ARG_BIAS, MD_INDEX(3), (void *)bias}};
+        return run_cached(&key, build_conv, &p, bias ? 4 : 3, args);
+    }
+    case KIND_CONV_BWD_DATA: {
+        exec_arg args[3] = {{DNNL_ARG_DIFF_DST, MD_INDEX(2), (void *)a0},
+                            {DNNL_ARG_WEIGHTS, MD_INDEX(1), (void *)a1},
+                            {DNNL_ARG_DIFF_SRC, MD_INDEX(0), out}};
+        return run_cached(&key, build_conv, &p, 3, args);
+    }
+    default: {
+        exec_arg args[3] = {{DNNL_ARG_SRC, MD_INDEX(0), (void *)a0},
+                            {DNNL_ARG_DIFF_DST, MD_INDEX(2), (void *)a1},
+                            {DNNL_ARG_DIFF_WEIGHTS, MD_INDEX(1), out}};
+        return run_cached(&key, build_conv, &p, 3, args);
+    }
+    }
+}
+
+static ms_status dnnl_conv2d_kernel(ms_dtype dt, const ms_conv2d_desc *d, const void *x,
+                                    const void *w, const void *bias, void *y)
+{
+    return conv_run(KIND_CONV_FWD, dt, d, x, w, bias, y);
+}
+
+static ms_status dnnl_conv2d_bwd_data_kernel(ms_dtype dt, const ms_conv2d_desc *d,
+                                             const void *gy, const void *w, void *gx)
+{
+    return conv_run(KIND_CONV_BWD_DATA, dt, d, gy, w, NULL, gx);
+}
+
+static ms_status dnnl_conv2d_bwd_weights_kernel(ms_dtype dt, const ms_conv2d_desc *d,
+                                                const void *x, const void *gy, void *gw)
+{
+    return conv_run(KIND_CONV_BWD_WEIGHTS, dt, d, x, gy, NULL, gw);
+}
+
+/* ------------------------------------------------------------------------ */
 /* table                                                                     */
 
 static ms_status dnnl_backend_init(void)
@@ -1129,6 +1300,9 @@ static const ms_backend g_table = {
     .fill = NULL,
     .arange = NULL,
     .where = NULL,
+    .conv2d = dnnl_conv2d_kernel,
+    .conv2d_backward_data = dnnl_conv2d_bwd_data_kernel,
+    .conv2d_backward_weights = dnnl_conv2d_bwd_weights_kernel,
 };
 
 MS_PLUGIN_EXPORT const ms_backend *metastep_backend_entry(void)

@@ -1,14 +1,16 @@
 /* metastep — the OpenBLAS backend.
  *
  * Serves GEMM (float32 and float64) through cblas_?gemm, or cblas_?gemv when
- * one of m, n is 1, looping over the batch; and contiguous-run copies through
- * memcpy.  Every other kernel slot is NULL, so the reference backend serves
+ * one of m, n is 1, looping over the batch; contiguous-run copies through
+ * memcpy; and conv2d forward, backward-data and backward-weights (float32 and
+ * float64) through im2col + GEMM (col2im for the data gradient).  Every other kernel slot is NULL, so the reference backend serves
  * it: OpenBLAS's level-1 routines do not beat plain loops on elementwise
  * work.
  */
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cblas.h>
@@ -33,7 +35,7 @@ static void fill_description(void)
         cfg[--len] = '\0';
     int threads = openblas_get_num_threads();
     snprintf(g_description, sizeof g_description,
-             "%s; core %s; %d thread%s; float32/float64 gemm and copy", cfg,
+             "%s; core %s; %d thread%s; float32/float64 gemm, copy and conv2d", cfg,
              core ? core : "unknown", threads, threads == 1 ? "" : "s");
 }
 
@@ -252,6 +254,253 @@ static ms_status blas_copy(ms_dtype dt, int ndim, const int64_t *shape, const vo
 }
 
 /* ------------------------------------------------------------------------ */
+/* conv2d (ABI 1.1): im2col + GEMM, col2im for the data gradient             */
+/*                                                                            */
+/* Images are processed in groups of g: im2col writes a (c·kh·kw) × (g·oh·ow) */
+/* matrix (zeros where a window reads the padding) and one GEMM per group     */
+/* multiplies it by the weights (o × c·kh·kw).  With g = 1 the GEMM writes    */
+/* straight into y; with g > 1 (small images, where one image's GEMM is too   */
+/* small for OpenBLAS to reach speed) a (o × g·oh·ow) result is scattered     */
+/* into y.  Scratch is malloc'ed per call (thread-safe).                      */
+/*                                                                            */
+/* Non-finite values: the reference skips padded taps, while im2col+GEMM      */
+/* multiplies them by an explicit 0, and 0·inf is NaN.  So a forward call     */
+/* whose weights hold a NaN or an infinity, or a weight-gradient call whose   */
+/* output gradient does, with padding > 0, is declined (ref serves it).  The  */
+/* data gradient drops the padded positions in col2im: the same products as   */
+/* the reference, no decline needed.                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Columns per GEMM below which images are grouped. */
+#ifndef CONV_MIN_COLS
+#define CONV_MIN_COLS 256
+#endif
+/* Largest scratch matrix, in elements, a group may use. */
+#define CONV_MAX_SCRATCH ((int64_t)1 << 22)
+
+static int64_t conv_group(const ms_conv2d_desc *d, int64_t rows)
+{
+    const int64_t ohw = d->oh * d->ow;
+    int64_t g = (CONV_MIN_COLS + ohw - 1) / ohw;
+    if (g > d->n)
+        g = d->n;
+    while (g > 1 && rows * g * ohw > CONV_MAX_SCRATCH)
+        g--;
+    return g < 1 ? 1 : g;
+}
+
+static bool conv_fits(const ms_conv2d_desc *d)
+{
+    const int64_t ckk = d->c * d->kh * d->kw, ohw = d->oh * d->ow;
+    /* Every GEMM dimension and leading dimension must fit an int. */
+    return fits_int(ckk) && fits_int(d->o) && fits_int(d->n * ohw) && fits_int(d->o * ckk);
+}
+
+#define DEF_CONV_BLAS(T, S, GEMM)                                                               \
+    static bool all_finite_##S(const T *p, int64_t n)                                           \
+    {                                                                                           \
+        T acc = 0;                                                                              \
+        for (int64_t i = 0; i < n; i++)                                                         \
+            acc += p[i] - p[i]; /* 0 for finite values, NaN otherwise */                        \
+        return acc == 0;                                                                        \
+    }                                                                                           \
+    /* col[(ch,p,q), img·ohw + i·ow + j] = x[b0+img, ch, i·s+p-pad, j·s+q-pad] or 0. */          \
+    static void im2col_##S(const ms_conv2d_desc *d, const T *x, int64_t b0, int64_t g, T *col)  \
+    {                                                                                           \
+        const int64_t ohw = d->oh * d->ow, ld = g * ohw;                                        \
+        for (int64_t ch = 0; ch < d->c; ch++)                                                   \
+            for (int64_t p = 0; p < d->kh; p++)                                                 \
+                for (int64_t q = 0; q < d->kw; q++) {                                           \
+                    T *row = col + ((ch * d->kh + p) * d->kw + q) * ld;                         \
+                    for (int64_t img = 0; img < g; img++) {                                     \
+                        const T *xc = x + ((b0 + img) * d->c + ch) * d->h * d->w;               \
+                        T *out = row + img * ohw;                                               \
+                        for (int64_t i = 0; i < d->oh; i++, out += d->ow) {                     \
+                            const int64_t r = i * d->stride + p - d->padding;                   \
+                            if (r < 0 || r >= d->h) {                                           \
+                                memset(out, 0, (size_t)d->ow * sizeof(T));                      \
+                                continue;                                                       \
+                            }                                                                   \
+                            const T *xr = xc + r * d->w;                                        \
+                            int64_t j = 0, c0 = q - d->padding;                                 \
+                            for (; j < d->ow && c0 + j * d->stride < 0; j++)                    \
+                                out[j] = 0;                                                     \
+                            if (d->stride == 1) {                                               \
+                                int64_t jend = d->w - c0; /* first j with col >= w */           \
+                                if (jend > d->ow)                                               \
+                                    jend = d->ow;                                               \
+                                if (jend > j) {                                                 \
+                                    memcpy(out + j, xr + c0 + j, (size_t)(jend - j) * sizeof(T)); \
+                                    j = jend;                                                   \
+                                }                                                               \
+                            } else {                                                            \
+                                for (; j < d->ow && c0 + j * d->stride < d->w; j++)             \
+                                    out[j] = xr[c0 + j * d->stride];                            \
+                            }                                                                   \
+                            for (; j < d->ow; j++)                                              \
+                                out[j] = 0;                                                     \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+    }                                                                                           \
+    /* gx[b0+img] += col entries, in-bounds taps only (gx zeroed by the caller). */              \
+    static void col2im_##S(const ms_conv2d_desc *d, const T *col, int64_t b0, int64_t g, T *gx) \
+    {                                                                                           \
+        const int64_t ohw = d->oh * d->ow, ld = g * ohw;                                        \
+        for (int64_t img = 0; img < g; img++)                                                   \
+            for (int64_t ch = 0; ch < d->c; ch++) {                                             \
+                T *xc = gx + ((b0 + img) * d->c + ch) * d->h * d->w;                            \
+                for (int64_t p = 0; p < d->kh; p++)                                             \
+                    for (int64_t q = 0; q < d->kw; q++) {                                       \
+                        const T *in = col + ((ch * d->kh + p) * d->kw + q) * ld + img * ohw;    \
+                        for (int64_t i = 0; i < d->oh; i++, in += d->ow) {                      \
+                            const int64_t r = i * d->stride + p - d->padding;                   \
+                            if (r < 0 || r >= d->h)                                             \
+                                continue;                                                       \
+                            T *xr = xc + r * d->w;                                              \
+                            for (int64_t j = 0; j < d->ow; j++) {                               \
+                                const int64_t cc = j * d->stride + q - d->padding;              \
+                                if (cc >= 0 && cc < d->w)                                       \
+                                    xr[cc] += in[j];                                            \
+                            }                                                                   \
+                        }                                                                       \
+                    }                                                                           \
+            }                                                                                   \
+    }                                                                                           \
+    static ms_status conv_fwd_##S(const ms_conv2d_desc *d, const T *x, const T *w,              \
+                                  const T *bias, T *y)                                          \
+    {                                                                                           \
+        const int64_t ckk = d->c * d->kh * d->kw, ohw = d->oh * d->ow;                          \
+        if (d->padding > 0 && !all_finite_##S(w, d->o * ckk))                                   \
+            return MS_ERR_UNSUPPORTED;                                                          \
+        const int64_t g = conv_group(d, ckk + d->o);                                            \
+        T *col = malloc((size_t)(ckk * g * ohw) * sizeof(T));                                   \
+        T *out = g > 1 ? malloc((size_t)(d->o * g * ohw) * sizeof(T)) : NULL;                   \
+        if (!col || (g > 1 && !out)) {                                                          \
+            free(col);                                                                          \
+            free(out);                                                                          \
+            return MS_ERR_NOMEM;                                                                \
+        }                                                                                       \
+        for (int64_t b0 = 0; b0 < d->n; b0 += g) {                                              \
+            const int64_t gg = d->n - b0 < g ? d->n - b0 : g, cols = gg * ohw;                  \
+            im2col_##S(d, x, b0, gg, col);                                                      \
+            T *dst = g > 1 ? out : y + b0 * d->o * ohw;                                         \
+            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->o, (int)cols, (int)ckk,     \
+                 (T)1, w, (int)ckk, col, (int)cols, (T)0, dst, (int)cols);                      \
+            for (int64_t img = 0; img < gg; img++)                                              \
+                for (int64_t f = 0; f < d->o; f++) {                                            \
+                    const T *src = dst + f * cols + img * ohw;                                  \
+                    T *yo = y + ((b0 + img) * d->o + f) * ohw;                                  \
+                    if (g > 1)                                                                  \
+                        memcpy(yo, src, (size_t)ohw * sizeof(T));                               \
+                    if (bias) {                                                                 \
+                        const T bf = bias[f];                                                   \
+                        for (int64_t k = 0; k < ohw; k++)                                       \
+                            yo[k] += bf;                                                        \
+                    }                                                                           \
+                }                                                                               \
+        }                                                                                       \
+        free(col);                                                                              \
+        free(out);                                                                              \
+        return MS_OK;                                                                           \
+    }                                                                                           \
+    /* gy of images b0..b0+gg as one (o × gg·ohw) matrix. */                                     \
+    static void gather_gy_##S(const ms_conv2d_desc *d, const T *gy, int64_t b0, int64_t gg,     \
+                              T *dst)                                                           \
+    {                                                                                           \
+        const int64_t ohw = d->oh * d->ow, cols = gg * ohw;                                     \
+        for (int64_t img = 0; img < gg; img++)                                                  \
+            for (int64_t f = 0; f < d->o; f++)                                                  \
+                memcpy(dst + f * cols + img * ohw, gy + ((b0 + img) * d->o + f) * ohw,          \
+                       (size_t)ohw * sizeof(T));                                                \
+    }                                                                                           \
+    static ms_status conv_bwd_data_##S(const ms_conv2d_desc *d, const T *gy, const T *w, T *gx) \
+    {                                                                                           \
+        const int64_t ckk = d->c * d->kh * d->kw, ohw = d->oh * d->ow;                          \
+        const int64_t g = conv_group(d, ckk + d->o);                                            \
+        T *col = malloc((size_t)(ckk * g * ohw) * sizeof(T));                                   \
+        T *gyg = g > 1 ? malloc((size_t)(d->o * g * ohw) * sizeof(T)) : NULL;                   \
+        if (!col || (g > 1 && !gyg)) {                                                          \
+            free(col);                                                                          \
+            free(gyg);                                                                          \
+            return MS_ERR_NOMEM;                                                                \
+        }                                                                                       \
+        memset(gx, 0, (size_t)(d->n * d->c * d->h * d->w) * sizeof(T));                        \
+        for (int64_t b0 = 0; b0 < d->n; b0 += g) {                                              \
+            const int64_t gg = d->n - b0 < g ? d->n - b0 : g, cols = gg * ohw;                  \
+            const T *src = gy + b0 * d->o * ohw;                                                \
+            if (g > 1) {                                                                        \
+                gather_gy_##S(d, gy, b0, gg, gyg);                                              \
+                src = gyg;                                                                      \
+            }                                                                                   \
+            /* col (ckk × cols) = wᵀ · gy_group */                                              \
+            GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ckk, (int)cols, (int)d->o,       \
+                 (T)1, w, (int)ckk, src, (int)cols, (T)0, col, (int)cols);                      \
+            col2im_##S(d, col, b0, gg, gx);                                                     \
+        }                                                                                       \
+        free(col);                                                                              \
+        free(gyg);                                                                              \
+        return MS_OK;                                                                           \
+    }                                                                                           \
+    static ms_status conv_bwd_weights_##S(const ms_conv2d_desc *d, const T *x, const T *gy,     \
+                                          T *gw)                                                \
+    {                                                                                           \
+        const int64_t ckk = d->c * d->kh * d->kw, ohw = d->oh * d->ow;                          \
+        if (d->padding > 0 && !all_finite_##S(gy, d->n * d->o * ohw))                           \
+            return MS_ERR_UNSUPPORTED;                                                          \
+        const int64_t g = conv_group(d, ckk + d->o);                                            \
+        T *col = malloc((size_t)(ckk * g * ohw) * sizeof(T));                                   \
+        T *gyg = g > 1 ? malloc((size_t)(d->o * g * ohw) * sizeof(T)) : NULL;                   \
+        if (!col || (g > 1 && !gyg)) {                                                          \
+            free(col);                                                                          \
+            free(gyg);                                                                          \
+            return MS_ERR_NOMEM;                                                                \
+        }                                                                                       \
+        for (int64_t b0 = 0; b0 < d->n; b0 += g) {                                              \
+            const int64_t gg = d->n - b0 < g ? d->n - b0 : g, cols = gg * ohw;                  \
+            const T *src = gy + b0 * d->o * ohw;                                                \
+            if (g > 1) {                                                                        \
+                gather_gy_##S(d, gy, b0, gg, gyg);                                              \
+                src = gyg;                                                                      \
+            }                                                                                   \
+            im2col_##S(d, x, b0, gg, col);                                                      \
+            /* gw (o × ckk) (+)= gy_group · colᵀ; the first group overwrites gw */              \
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->o, (int)ckk, (int)cols,       \
+                 (T)1, src, (int)cols, col, (int)cols, b0 == 0 ? (T)0 : (T)1, gw, (int)ckk);    \
+        }                                                                                       \
+        free(col);                                                                              \
+        free(gyg);                                                                              \
+        return MS_OK;                                                                           \
+    }
+
+DEF_CONV_BLAS(float, f32, cblas_sgemm)
+DEF_CONV_BLAS(double, f64, cblas_dgemm)
+
+static ms_status blas_conv2d(ms_dtype dt, const ms_conv2d_desc *d, const void *x, const void *w,
+                             const void *bias, void *y)
+{
+    if ((dt != MS_F32 && dt != MS_F64) || !conv_fits(d))
+        return MS_ERR_UNSUPPORTED;
+    return dt == MS_F32 ? conv_fwd_f32(d, x, w, bias, y) : conv_fwd_f64(d, x, w, bias, y);
+}
+
+static ms_status blas_conv2d_backward_data(ms_dtype dt, const ms_conv2d_desc *d, const void *gy,
+                                           const void *w, void *gx)
+{
+    if ((dt != MS_F32 && dt != MS_F64) || !conv_fits(d))
+        return MS_ERR_UNSUPPORTED;
+    return dt == MS_F32 ? conv_bwd_data_f32(d, gy, w, gx) : conv_bwd_data_f64(d, gy, w, gx);
+}
+
+static ms_status blas_conv2d_backward_weights(ms_dtype dt, const ms_conv2d_desc *d,
+                                              const void *x, const void *gy, void *gw)
+{
+    if ((dt != MS_F32 && dt != MS_F64) || !conv_fits(d))
+        return MS_ERR_UNSUPPORTED;
+    return dt == MS_F32 ? conv_bwd_weights_f32(d, x, gy, gw) : conv_bwd_weights_f64(d, x, gy, gw);
+}
+
+/* ------------------------------------------------------------------------ */
 /* table                                                                     */
 
 static ms_status blas_init(void)
@@ -274,6 +523,9 @@ static const ms_backend g_table = {
     .fill = NULL,
     .arange = NULL,
     .where = NULL,
+    .conv2d = blas_conv2d,
+    .conv2d_backward_data = blas_conv2d_backward_data,
+    .conv2d_backward_weights = blas_conv2d_backward_weights,
 };
 
 MS_PLUGIN_EXPORT const ms_backend *metastep_backend_entry(void)

@@ -126,6 +126,29 @@ START_TEST(test_thirdparty_engine)
 }
 END_TEST
 
+START_TEST(test_thirdparty_abi10)
+{
+    /* The good backend is an ABI 1.0 table: the engine must not read its 1.1
+     * (convolution) slots, and reports those kernels as served by ref. */
+    const char *fam[] = {"conv", "threads", NULL};
+    conf_report *r = conf_run(THIRDPARTY_GOOD, fam);
+    ck_assert_ptr_nonnull(r);
+    int conv_rows = 0;
+    for (int i = 0; i < r->nrows; i++) {
+        const conf_row *row = &r->rows[i];
+        ck_assert_msg(!row->failed, "%s failed: %s", row->kernel, row->first_failure);
+        if (strstr(row->kernel, "conv2d")) {
+            conv_rows++;
+            ck_assert_msg(row->native == 0 && row->fallback == row->cases && row->cases > 0,
+                          "%s: %d native, %d fallback of %d", row->kernel, row->native,
+                          row->fallback, row->cases);
+        }
+    }
+    conf_free(r);
+    ck_assert_int_eq(conv_rows, 12); /* 3 kernels x 2 dtypes, in conv and in threads */
+}
+END_TEST
+
 START_TEST(test_unknown_backend)
 {
     conf_report *r = conf_run("no-such-backend", NULL);
@@ -151,6 +174,7 @@ int main(void)
     tcase_add_test(tc, test_thirdparty_good);
     tcase_add_test(tc, test_thirdparty_bad);
     tcase_add_test(tc, test_thirdparty_engine);
+    tcase_add_test(tc, test_thirdparty_abi10);
     tcase_add_test(tc, test_unknown_backend);
     suite_add_tcase(s, tc);
     SRunner *r = srunner_create(s);
