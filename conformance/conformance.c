@@ -102,6 +102,8 @@ static const tol_rule TOLERANCES[] = {
     {"*", "conv2d_bwd_data",    {TOL_SQRT, TOL_LINEAR},   {1e-5, 1e-12},   {1e-6, 1e-14}},
     {"*", "conv2d_bwd_weights", {TOL_SQRT, TOL_LINEAR},   {1e-5, 1e-12},   {1e-6, 1e-14}},
     {"*", "log_softmax",        {TOL_SQRT, TOL_SQRT},     {2e-6, 1e-14},   {1e-6, 1e-15}},
+    /* batch_norm: mean and variance over n = N*H*W terms, then a division by the deviation */
+    {"*", "batch_norm",         {TOL_SQRT, TOL_SQRT},     {5e-6, 1e-14},   {1e-6, 1e-15}},
 };
 
 typedef struct tol {
@@ -1644,6 +1646,36 @@ static ms_tensor *op_eye(ms_tensor *const *x, ms_dtype dt)
     (void)x;
     return ms_eye(dt, 4, 6);
 }
+static ms_tensor *op_conv2d_s1p1(ms_tensor *const *x, ms_dtype dt)
+{
+    (void)dt;
+    return ms_conv2d(x[0], x[1], x[2], 1, 1);
+}
+static ms_tensor *op_conv2d_s2p0(ms_tensor *const *x, ms_dtype dt)
+{
+    (void)dt;
+    return ms_conv2d(x[0], x[1], NULL, 2, 0);
+}
+static ms_tensor *op_max_pool2d_k2s2(ms_tensor *const *x, ms_dtype dt)
+{
+    (void)dt;
+    return ms_max_pool2d(x[0], 2, 2);
+}
+static ms_tensor *op_max_pool2d_k3s2(ms_tensor *const *x, ms_dtype dt)
+{
+    (void)dt;
+    return ms_max_pool2d(x[0], 3, 2);
+}
+static ms_tensor *op_batch_norm(ms_tensor *const *x, ms_dtype dt)
+{
+    (void)dt;
+    return ms_batch_norm(x[0], x[1], x[2], 1e-5);
+}
+static ms_tensor *op_softmax_cross_entropy(ms_tensor *const *x, ms_dtype dt)
+{
+    (void)dt;
+    return ms_softmax_cross_entropy(x[0], x[1]);
+}
 
 #define SH(...) {__VA_ARGS__}
 typedef struct op_spec {
@@ -1730,6 +1762,21 @@ static const op_spec OPS[] = {
     {"arange", "arange", "[-2, 3.3) step 0.1", op_arange, 0, {DOM_ANY}, {0}, {SH(0)}, 0, 1},
     {"linspace", "arange", "-1..2 31 points", op_linspace, 0, {DOM_ANY}, {0}, {SH(0)}, 0, 1},
     {"eye", "fill", "4x6", op_eye, 0, {DOM_ANY}, {0}, {SH(0)}, 0, 1},
+    /* the network layers (ABI 1.1 kernels underneath); the last field: terms per output */
+    {"conv2d", "conv2d", "x (2,3,6,5) w (4,3,3,3) bias, stride 1 padding 1", op_conv2d_s1p1, 3,
+     {DOM_ANY, DOM_ANY, DOM_ANY}, {4, 4, 1}, {SH(2, 3, 6, 5), SH(4, 3, 3, 3), SH(4)}, 7, 28},
+    {"conv2d", "conv2d", "x (2,2,7,7) w (3,2,3,2), stride 2", op_conv2d_s2p0, 2,
+     {DOM_ANY, DOM_ANY}, {4, 4}, {SH(2, 2, 7, 7), SH(3, 2, 3, 2)}, 3, 12},
+    {"max_pool2d", "max", "(2,3,6,6) kernel 2 stride 2", op_max_pool2d_k2s2, 1, {DOM_ANY}, {4},
+     {SH(2, 3, 6, 6)}, 1, 4},
+    {"max_pool2d", "max", "(2,2,7,7) kernel 3 stride 2", op_max_pool2d_k3s2, 1, {DOM_ANY}, {4},
+     {SH(2, 2, 7, 7)}, 1, 9},
+    {"batch_norm", "batch_norm", "x (4,3,5,5)", op_batch_norm, 3, {DOM_ANY, DOM_POS, DOM_ANY},
+     {4, 1, 1}, {SH(4, 3, 5, 5), SH(3), SH(3)}, 7, 100},
+    {"batch_norm", "batch_norm", "x (6,4)", op_batch_norm, 3, {DOM_ANY, DOM_POS, DOM_ANY},
+     {2, 1, 1}, {SH(6, 4), SH(4), SH(4)}, 7, 6},
+    {"softmax_cross_entropy", "log_softmax", "(5,7), one-hot-like 0/1 targets",
+     op_softmax_cross_entropy, 2, {DOM_WIDE, DOM_COND}, {2, 2}, {SH(5, 7), SH(5, 7)}, 3, 35},
 };
 #define NOPS ((int)(sizeof OPS / sizeof *OPS))
 
