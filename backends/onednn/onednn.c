@@ -293,6 +293,14 @@ static void entry_build_hint(prim_entry *e, const_dnnl_op_desc_t op_desc,
     if (dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
         dnnl_primitive_desc_create(&pd, op_desc, attr, g_engine, hint) == dnnl_success) {
         const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        /* oneDNN's own reference implementations ("ref:any", plain loops it
+         * falls back to when no JIT kernel fits, e.g. a reduction over axes
+         * (0,2,3) of batch norm's (75,32,28,28)) are far slower than
+         * metastep's ref: leave this configuration to ref (prim NULL). */
+        const char *impl = NULL;
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+            !impl || strncmp(impl, "ref", 3) == 0)
+            smd = NULL;
         if (smd) {
             e->scratch_md = *smd;
             e->scratch_size = dnnl_memory_desc_get_size(smd);
