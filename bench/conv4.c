@@ -16,7 +16,7 @@
  * depend on their values.
  *
  * FLOPs: one step runs first under a counting backend (bench/flopcount.c,
- * computing with ref) that adds 2 FLOPs per multiply-add of every GEMM and
+ * computing with openblas where built, else ref) that adds 2 FLOPs per multiply-add of every GEMM and
  * convolution call; GFLOP/s = those FLOPs / the median seconds per step.
  * Timing protocol as bench-meta: a warm-up step, N calibrated so a repeat
  * takes about --target seconds, the backends interleaved within each repeat,
@@ -228,10 +228,13 @@ static void prepare(run *r)
 /* FLOPs of one meta step, counted by bench/flopcount.c wrapping ref. */
 static double count_flops(bool maml, const char *build_backends)
 {
-    char fc[1024], ref[1024];
+    char fc[1024], ref[1024], target[1024];
     snprintf(fc, sizeof fc, "%s/libmetastep-backend-flopcount.so", BENCH_DIR);
     snprintf(ref, sizeof ref, "%s/libmetastep-backend-ref.so", build_backends);
+    /* openblas computes the counting step quickly where it is built */
+    snprintf(target, sizeof target, "%s/libmetastep-backend-openblas.so", build_backends);
     setenv("METASTEP_FLOPCOUNT_REF", ref, 1);
+    setenv("METASTEP_FLOPCOUNT_TARGET", target, 1);
     void *h = dlopen(fc, RTLD_NOW | RTLD_NOLOAD);
     with_backend(fc);
     if (!h)
