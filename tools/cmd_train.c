@@ -580,7 +580,7 @@ int cmd_train(int argc, char **argv)
             rc = fail_ms("cannot write the parameters");
     }
     if (rc != 1 && !interrupted) {
-        metastep_eval ev = {{0, 1, 10}, {NAN, NAN, NAN}, {0}, false};
+        metastep_eval ev = {{0, 1, 10}, {NAN, NAN, NAN}, {NAN, NAN, NAN}, false, {NAN, NAN, NAN}};
         if (task->evaluate(vars, c.eval_tasks, c.k, c.inner_lr, HELDOUT_SEED, c.dtype, &ev) != MS_OK)
             rc = fail_ms("final evaluation failed");
         write_summary(&c, task, done, seconds, &ev, false);
@@ -598,7 +598,7 @@ int cmd_train(int argc, char **argv)
                    "}\n", seconds > 0 ? (double)done / seconds : 0.0, c.out);
         }
     } else if (interrupted) {
-        metastep_eval none = {{0, 1, 10}, {NAN, NAN, NAN}, {0}, false};
+        metastep_eval none = {{0, 1, 10}, {NAN, NAN, NAN}, {NAN, NAN, NAN}, false, {NAN, NAN, NAN}};
         write_summary(&c, task, done, seconds, &none, true);
         fprintf(stderr, "metastep train: interrupted at step %ld; checkpoint in %s "
                         "(continue with --resume %s)\n", step, c.out, c.out);
