@@ -13,7 +13,7 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static ms_tensor *kernel_failed(const char *fn, ms_status st, ms_tensor *y)
+ms_tensor *ms__kernel_failed(const char *fn, ms_status st, ms_tensor *y)
 {
     const char *b = metastep_current_backend();
     ms__fail(st, "%s: the %s backend's kernel failed: %s", fn, b ? b : "(no)",
@@ -119,7 +119,7 @@ static ms_tensor *unary(const char *fn, ms_unary_op op, const ms_tensor *x, ms_b
         return NULL;
     ms_status st = msk_unary(op, x->dtype, x->numel, x->data, y->data);
     if (st != MS_OK)
-        return kernel_failed(fn, st, y);
+        return ms__kernel_failed(fn, st, y);
     if (bw && ms__needs_grad(x, NULL, NULL))
         return ms__record(y, fn, bw, x, NULL, NULL, 0.0, NULL, 0);
     return y;
@@ -200,7 +200,7 @@ static ms_tensor *binary(const char *fn, ms_binary_op op, const ms_tensor *a, co
         ms_status st = msk_binary(op, a->dtype, 1, &y->numel, a->data, &unit, b->data, &unit,
                                   y->data);
         if (st != MS_OK)
-            return kernel_failed(fn, st, y);
+            return ms__kernel_failed(fn, st, y);
     } else if (y->numel) {
         int64_t sa[MS_MAX_DIMS], sb[MS_MAX_DIMS], sy[MS_MAX_DIMS], ks[MS_MAX_DIMS];
         broadcast_strides(a, n, sa);
@@ -211,7 +211,7 @@ static ms_tensor *binary(const char *fn, ms_binary_op op, const ms_tensor *a, co
         int kn = coalesce(n, ks, 3, strides);
         ms_status st = msk_binary(op, a->dtype, kn, ks, a->data, sa, b->data, sb, y->data);
         if (st != MS_OK)
-            return kernel_failed(fn, st, y);
+            return ms__kernel_failed(fn, st, y);
     }
     if (bw && ms__needs_grad(a, b, NULL))
         return ms__record(y, fn, bw, a, b, NULL, 0.0, NULL, 0);
@@ -342,7 +342,7 @@ static ms_tensor *binary_scalar_raw(const char *fn, ms_binary_op op, const ms_te
     ms_status st = msk_binary(op, x->dtype, 1, &y->numel, a, reversed ? &zero : &one, b,
                               reversed ? &one : &zero, y->data);
     if (st != MS_OK)
-        return kernel_failed(fn, st, y);
+        return ms__kernel_failed(fn, st, y);
     return y;
 }
 
@@ -484,7 +484,7 @@ static ms_tensor *reduce(const char *fn, ms_reduce_op op, const ms_tensor *t, in
     if (y->numel) {
         ms_status st = msk_reduce(op, t->dtype, t->ndim, t->shape, mask, t->data, y->data);
         if (st != MS_OK)
-            return kernel_failed(fn, st, y);
+            return ms__kernel_failed(fn, st, y);
     }
     if (bw && ms__needs_grad(t, NULL, NULL)) {
         int iarg[2] = {(int)mask, (int)count};
@@ -548,8 +548,8 @@ ms_tensor *ms_min(const ms_tensor *t, int naxes, const int *axes, bool keepdims)
 /* -------------------------------------------------------------- layout */
 
 /* Copy src (shape, strides) into a new contiguous tensor of that shape. */
-static ms_tensor *strided_copy(const char *fn, const ms_tensor *src, int nd,
-                               const int64_t *shape, const int64_t *ss, int64_t offset)
+ms_tensor *ms__strided_copy(const char *fn, const ms_tensor *src, int nd,
+                        const int64_t *shape, const int64_t *ss, int64_t offset)
 {
     ms_tensor *y = ms__tensor_new(fn, src->dtype, nd, shape);
     if (!y || !y->numel)
@@ -563,7 +563,7 @@ static ms_tensor *strided_copy(const char *fn, const ms_tensor *src, int nd,
     const char *p = (const char *)src->data + (size_t)offset * ms_dtype_size(src->dtype);
     ms_status st = msk_copy(src->dtype, kn, ks, p, s2, y->data, ds);
     if (st != MS_OK)
-        return kernel_failed(fn, st, y);
+        return ms__kernel_failed(fn, st, y);
     return y;
 }
 
@@ -690,7 +690,7 @@ ms_tensor *ms_permute(const ms_tensor *t, const int *perm)
         shape[i] = t->shape[perm[i]];
         ss[i] = own[perm[i]];
     }
-    ms_tensor *y = strided_copy(fn, t, t->ndim, shape, ss, 0);
+    ms_tensor *y = ms__strided_copy(fn, t, t->ndim, shape, ss, 0);
     if (y && ms__needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_permute, t, NULL, NULL, 0.0, perm, t->ndim);
     return y;
@@ -729,7 +729,7 @@ ms_tensor *ms_broadcast_to(const ms_tensor *t, int ndim, const int64_t *shape)
         return ms_reshape(t, ndim, shape);
     int64_t ss[MS_MAX_DIMS];
     broadcast_strides(t, ndim, ss);
-    ms_tensor *y = strided_copy(fn, t, ndim, shape, ss, 0);
+    ms_tensor *y = ms__strided_copy(fn, t, ndim, shape, ss, 0);
     if (y && ms__needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_broadcast, t, NULL, NULL, 0.0, NULL, 0);
     return y;
@@ -778,7 +778,7 @@ ms_tensor *ms_slice(const ms_tensor *t, int axis, int64_t start, int64_t stop)
     memcpy(shape, t->shape, sizeof shape);
     shape[ax] = stop - start;
     ms__strides(t->ndim, t->shape, ss);
-    ms_tensor *y = strided_copy(fn, t, t->ndim, shape, ss, start * ss[ax]);
+    ms_tensor *y = ms__strided_copy(fn, t, t->ndim, shape, ss, start * ss[ax]);
     if (y && ms__needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
         y = ms__record(y, fn, bw_slice, t, NULL, NULL, 0.0, iarg, 1);
@@ -852,7 +852,7 @@ ms_tensor *ms_concat(int n, ms_tensor *const *ts, int axis)
             ms_status st = msk_copy(t->dtype, kn, ks, t->data, ss,
                                     (char *)y->data + (size_t)(off * ys[ax]) * es, ds);
             if (st != MS_OK)
-                return kernel_failed(fn, st, y);
+                return ms__kernel_failed(fn, st, y);
         }
         off += t->shape[ax];
     }
@@ -962,7 +962,7 @@ ms_tensor *ms_repeat(const ms_tensor *t, int64_t repeats, int axis)
         return NULL;
     }
     shape[ax] *= repeats;
-    ms_tensor *flat = strided_copy(fn, t, 4, s4, ss, 0);
+    ms_tensor *flat = ms__strided_copy(fn, t, 4, s4, ss, 0);
     if (!flat)
         return NULL;
     /* flat has the right values; give it the right shape without a node */
@@ -1014,7 +1014,7 @@ ms_tensor *ms_where(const ms_tensor *cond, const ms_tensor *a, const ms_tensor *
         ms_status st = msk_where(a->dtype, kn, ks, cond->data, sc, a->data, sa, b->data, sb,
                                  y->data);
         if (st != MS_OK)
-            return kernel_failed(fn, st, y);
+            return ms__kernel_failed(fn, st, y);
     }
     if (ms__needs_grad(a, b, NULL)) {
         y = ms__record(y, fn, bw_where, a, b, cond, 0.0, NULL, 0);
@@ -1045,7 +1045,7 @@ static ms_tensor *softmax(const char *fn, bool log, const ms_tensor *t, int axis
     if (y->numel) {
         ms_status st = msk_softmax(t->dtype, log, outer, len, inner, t->data, y->data);
         if (st != MS_OK)
-            return kernel_failed(fn, st, y);
+            return ms__kernel_failed(fn, st, y);
     }
     if (ms__needs_grad(t, NULL, NULL)) {
         int iarg[1] = {ax};
@@ -1159,7 +1159,7 @@ static ms_tensor *matmul_t(const ms_tensor *a, const ms_tensor *b, bool ta, bool
     ms_release(tmp[0]);
     ms_release(tmp[1]);
     if (st != MS_OK)
-        return kernel_failed(fn, st, y);
+        return ms__kernel_failed(fn, st, y);
     if (ms__needs_grad(a, b, NULL)) {
         int iarg[2] = {ta, tb};
         return ms__record(y, fn, bw_matmul, a, b, NULL, 0.0, iarg, 2);
