@@ -324,14 +324,19 @@ static ms_status png_read(const char *path, int c, int size, resize_mode mode, u
     png_image img;
     memset(&img, 0, sizeof img);
     img.version = PNG_IMAGE_VERSION;
-    if (!png_image_begin_read_from_file(&img, path)) {
-        ms_status rc = ms_record_error(errno == ENOENT ? MS_ERR_IO : MS_ERR_FORMAT,
-                                       "images: %s: not a readable PNG (%s)", path, img.message);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ms_record_error(MS_ERR_IO, "images: cannot open %s: %s", path, strerror(errno));
+    if (!png_image_begin_read_from_stdio(&img, f)) {
+        ms_status rc = ms_record_error(MS_ERR_FORMAT, "images: %s: not a PNG image (%s)", path,
+                                       img.message);
         png_image_free(&img);
+        fclose(f);
         return rc;
     }
     if (img.width == 0 || img.height == 0 || img.width > MAX_SIDE || img.height > MAX_SIDE) {
         png_image_free(&img);
+        fclose(f);
         return ms_record_error(MS_ERR_FORMAT, "images: %s: unsupported size %u x %u", path,
                                img.width, img.height);
     }
@@ -343,9 +348,12 @@ static ms_status png_read(const char *path, int c, int size, resize_mode mode, u
         free(buf);
         free(planar);
         png_image_free(&img);
+        fclose(f);
         return ms_record_error(MS_ERR_NOMEM, "images: out of memory decoding %s", path);
     }
-    if (!png_image_finish_read(&img, NULL, buf, 0, NULL)) {
+    bool ok = png_image_finish_read(&img, NULL, buf, 0, NULL);
+    fclose(f);
+    if (!ok) {
         ms_status rc = ms_record_error(MS_ERR_FORMAT, "images: %s: corrupt PNG (%s)", path,
                                        img.message);
         free(buf);
