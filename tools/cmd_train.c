@@ -799,6 +799,8 @@ int cmd_train(int argc, char **argv)
             }
         }
         fprintf(log, "%ld,%.6g,%.6g,%.6g,%.3f,%.6g,%.6g\n", step + 1, loss, h0, h1, t, ha0, ha1);
+        if (eval_now)
+            fflush(log);
         if ((tty && t - last_print > 0.1) || (!tty && eval_now)) {
             progress(&c, step + 1, c.meta_steps, rate, loss, t0, tty, false);
             last_print = t;
