@@ -260,6 +260,30 @@ START_TEST(images_bad_flags)
 }
 END_TEST
 
+/* A task plugin with a 1.0 table: no options, an accuracy without interval. */
+START_TEST(task_abi_1_0)
+{
+    make_dir();
+    char cmd[1024], out[8192], text[8192];
+    snprintf(cmd, sizeof cmd, "%s train --task %s --meta-steps 2 --meta-batch 2 --eval-tasks 2 "
+             "--out %s 2>&1", METASTEP_EXE, TASK_V10, dir);
+    ck_assert_msg(run(cmd, out, sizeof out) == 0, "train: %s", out);
+    ck_assert_msg(strstr(out, "accuracy") && !strstr(out, "+-"), "%s", out);
+    read_summary(text, sizeof text);
+    double acc[3];
+    ck_assert_msg(heldout_field(text, "accuracy_after_steps", acc) && acc[1] == 0.5, "%s", text);
+    ck_assert_msg(!strstr(text, "accuracy_ci95"), "%s", text);
+    snprintf(cmd, sizeof cmd, "%s train --task %s --meta-steps 1 --ways 2 --out %s 2>&1",
+             METASTEP_EXE, TASK_V10, dir);
+    ck_assert_int_eq(run(cmd, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "takes no options"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s eval --task %s --params %s/params.safetensors --tasks 2 --json "
+             "2>&1", METASTEP_EXE, TASK_V10, dir);
+    ck_assert_msg(run(cmd, out, sizeof out) == 0, "eval: %s", out);
+    ck_assert_msg(strstr(out, "accuracy_after_steps") && !strstr(out, "ci95"), "%s", out);
+}
+END_TEST
+
 START_TEST(interrupt_and_resume)
 {
     make_dir();
@@ -372,6 +396,7 @@ int main(void)
 #else
     tcase_add_test(tc, images_command);
     tcase_add_test(tc, images_bad_flags);
+    tcase_add_test(tc, task_abi_1_0);
     tcase_add_test(tc, train_writes_everything);
     tcase_add_test(tc, bad_flags);
     tcase_add_test(tc, interrupt_and_resume);

@@ -9,9 +9,15 @@
  * the build tree, then <libdir>/metastep/; a name containing '/' is a path.
  * The table starts with the common plugin header and grows only at its end.
  *
+ * ABI history: 1.0 ends at `truth`.  1.1 appends `configure` (task options)
+ * and `sample_heldout`, and appends accuracy_ci95 to metastep_eval.  The
+ * loader still accepts 1.0 tables (METASTEP_TASK_MIN_SIZE); a frontend reads
+ * an appended slot only under METASTEP_TASK_HAS_SLOT.
+ *
  * A meta-batch is a container whose leaves have a leading task dimension:
- *   "support/x", "support/y"   the K support points of every task
- *   "query/x",   "query/y"     the K query points
+ *   "support/x", "support/y"   the K support points of every task (for
+ *                              N-way classification, K per class)
+ *   "query/x",   "query/y"     the query points (K, or as configured)
  * plus whatever else the plugin keeps there for itself (e.g. "task/..." for
  * the parameters that define each task).
  */
