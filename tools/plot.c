@@ -1052,7 +1052,22 @@ int plot_images_png(const char *path, const char *title, const plot_image_row *r
     double pad = cell * 0.08, cap_h = cell * 0.22, row_title = cell * 0.26,
            top = title ? cell * 0.4 : pad;
     double cw = cell + pad, rh = row_title + cell + 2 * cap_h + pad;
-    int width = (int)ceil(pad + maxn * cw), height = (int)ceil(top + nrows * rh + pad);
+    /* wide enough for the titles too */
+    double text = 0;
+    cairo_surface_t *probe = cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1);
+    cairo_t *pc = cairo_create(probe);
+    if (title) {
+        font(pc, cell * 0.2, true);
+        text = text_w(pc, title);
+    }
+    font(pc, cell * 0.15, true);
+    for (int r = 0; r < nrows; r++)
+        if (rows[r].title)
+            text = fmax(text, text_w(pc, rows[r].title));
+    cairo_destroy(pc);
+    cairo_surface_destroy(probe);
+    int width = (int)ceil(fmax(pad + maxn * cw, 2 * pad + text)),
+        height = (int)ceil(top + nrows * rh + pad);
     if (width > MAX_DIM || height > MAX_DIM) {
         set_err(err, cap, "plot: image grid of %dx%d pixels is too large", width, height);
         return -1;
