@@ -364,8 +364,9 @@ START_TEST(gradcheck)
             put(p.x[i], j, x0);
             ms_scope_pop();
             double num = (lp - lm) / (2 * EPS), ana = at(gi, j);
-            ck_assert_msg(close_enough(ana, num), "%s: dL/dx%d[%lld]: analytic %.12g, numeric %.12g",
-                          c->name, i, (long long)j, ana, num);
+            ck_assert_msg(close_enough(ana, num),
+                          "%s: dL/dx%d[%lld]: analytic %.12g, numeric %.12g", c->name,
+                          i, (long long)j, ana, num);
         }
     }
     ms_container_release(g);
@@ -415,8 +416,9 @@ START_TEST(gradgradcheck)
             double num = (at(ms_container_at(gp, i), j) - at(ms_container_at(gm, i), j)) /
                          (2 * EPS);
             double ana = at(h, j);
-            ck_assert_msg(close_enough(ana, num), "%s: (Hv)_x%d[%lld]: analytic %.12g, numeric %.12g",
-                          c->name, i, (long long)j, ana, num);
+            ck_assert_msg(close_enough(ana, num),
+                          "%s: (Hv)_x%d[%lld]: analytic %.12g, numeric %.12g", c->name,
+                          i, (long long)j, ana, num);
         }
     }
     ms_container_release(gp);
@@ -465,6 +467,280 @@ START_TEST(f32_matches_f64)
 }
 END_TEST
 
+/* ------------------------------------------------------------ max-pool edges */
+
+static ms_tensor *from64(int nd, const int64_t *shape, const double *d)
+{
+    return ms_tensor_from_data(MS_F64, nd, shape, d);
+}
+
+START_TEST(pool_nonfinite_and_ties)
+{
+    ck_assert_int_eq(ms_scope_push(), MS_OK);
+    const int64_t s[4] = {1, 1, 2, 6};
+    /* windows (k 2, s 2): {1, NaN, 0, 2}, {inf, 3, 4, 5}, {-inf, -inf, -inf, -inf} */
+    const double d[12] = {1, NAN, INFINITY, 3, -INFINITY, -INFINITY,
+                          0, 2, 4, 5, -INFINITY, -INFINITY};
+    ms_dtype dts[2] = {MS_F64, MS_F32};
+    for (int k = 0; k < 2; k++) {
+        ms_tensor *x = as_dtype(from64(4, s, d), dts[k]);
+        ms_tensor *y = ms_max_pool2d(x, 2, 2);
+        assert_not_null(y, "pool");
+        ck_assert_int_eq(ms_tensor_numel(y), 3);
+        ck_assert_msg(isnan(at(y, 0)), "NaN window gives %g", at(y, 0));
+        ck_assert_msg(at(y, 1) == INFINITY, "inf window gives %g", at(y, 1));
+        ck_assert_msg(at(y, 2) == -INFINITY, "-inf window gives %g", at(y, 2));
+    }
+    /* ties: the gradient is split evenly, as ms_max; overlapping windows add */
+    const int64_t s2[4] = {1, 1, 3, 3};
+    const double t[9] = {1, 1, 0, 1, 1, 0, 0, 0, -1};
+    ms_container *v = ms_container_new();
+    ms_container_set(v, "x", ms_variable(from64(4, s2, t)));
+    ms_tensor *y = ms_max_pool2d(ms_container_get(v, "x"), 2, 1); /* {1, 1, 1, 1} */
+    ms_container *g = NULL;
+    assert_ok(ms_grad(ms_sum(y, 0, NULL, false), v, false, &g), "grad");
+    /* window (0,0): four ties of 1 -> 1/4 each; (0,1): x01, x11 tie -> 1/2; (1,0): x10, x11
+     * -> 1/2; (1,1): x11 alone -> 1 */
+    const double want[9] = {0.25, 0.75, 0, 0.75, 2.25, 0, 0, 0, 0};
+    ms_tensor *gx = ms_container_get(g, "x");
+    for (int i = 0; i < 9; i++)
+        ck_assert_msg(fabs(at(gx, i) - want[i]) < 1e-15, "tie gradient [%d] = %g, expected %g",
+                      i, at(gx, i), want[i]);
+    ms_container_release(g);
+    ms_container_release(v);
+    ck_assert_int_eq(ms_scope_pop(), MS_OK);
+}
+END_TEST
+
+/* A gradient with respect to w alone runs no backward-data kernel, and the
+ * bias gradient is the sum of gy over N, H, W. */
+START_TEST(conv_partial_wrt)
+{
+    ck_assert_int_eq(ms_scope_push(), MS_OK);
+    const int64_t xs[4] = {2, 1, 3, 3}, ws[4] = {2, 1, 2, 2}, bs[1] = {2};
+    ms_tensor *x = ms_random_uniform(MS_F64, 4, xs, -1, 1, 1);
+    ms_container *v = ms_container_new();
+    ms_container_set(v, "w", ms_variable(ms_random_uniform(MS_F64, 4, ws, -1, 1, 2)));
+    ms_container_set(v, "b", ms_variable(ms_zeros(MS_F64, 1, bs)));
+    ms_tensor *y = ms_conv2d(x, ms_container_get(v, "w"), ms_container_get(v, "b"), 1, 0);
+    ms_container *g = NULL;
+    assert_ok(ms_grad(ms_sum(y, 0, NULL, false), v, false, &g), "grad");
+    ms_tensor *gb = ms_container_get(g, "b");
+    ck_assert_int_eq(ms_tensor_ndim(gb), 1);
+    ck_assert(at(gb, 0) == 8.0 && at(gb, 1) == 8.0); /* N * OH * OW */
+    ms_tensor *gw = ms_container_get(g, "w");
+    /* d sum(y) / dw[o,0,p,q] = sum over n and the 2x2 windows of x[n,0,i+p,j+q] */
+    for (int p = 0; p < 2; p++)
+        for (int q = 0; q < 2; q++) {
+            double want = 0;
+            for (int n = 0; n < 2; n++)
+                for (int i = 0; i < 2; i++)
+                    for (int j = 0; j < 2; j++)
+                        want += at(x, n * 9 + (i + p) * 3 + j + q);
+            ck_assert(fabs(at(gw, p * 2 + q) - want) < 1e-12);
+            ck_assert(fabs(at(gw, 4 + p * 2 + q) - want) < 1e-12);
+        }
+    ms_container_release(g);
+    ms_container_release(v);
+    ck_assert_int_eq(ms_scope_pop(), MS_OK);
+}
+END_TEST
+
+/* ------------------------------------------------------------ errors */
+
+static void expect_err(ms_tensor *y, ms_status st, const char *what)
+{
+    const char *msg = NULL;
+    ms_status got = ms_last_error(&msg);
+    ck_assert_msg(y == NULL, "%s: expected NULL", what);
+    ck_assert_msg(got == st, "%s: expected %s, got %s (%s)", what, ms_status_string(st),
+                  ms_status_string(got), msg ? msg : "no message");
+    ck_assert_msg(st == MS_OK || (msg && *msg), "%s: no message", what);
+    ms_clear_error();
+}
+
+START_TEST(errors)
+{
+    ck_assert_int_eq(ms_scope_push(), MS_OK);
+    const int64_t s4[4] = {2, 3, 5, 5}, sw[4] = {4, 3, 3, 3}, sw2[4] = {4, 2, 3, 3},
+                  sbig[4] = {4, 3, 6, 2}, s3[3] = {3, 5, 5}, s1[1] = {4}, s1b[1] = {3},
+                  s2[2] = {4, 3}, sp[4] = {1, 1, 3, 4};
+    ms_tensor *x = ms_zeros(MS_F64, 4, s4), *w = ms_zeros(MS_F64, 4, sw);
+    ms_tensor *x32 = ms_zeros(MS_F32, 4, s4), *b = ms_zeros(MS_F64, 1, s1);
+    /* conv2d */
+    expect_err(ms_conv2d(NULL, w, NULL, 1, 0), MS_ERR_NULL_ARG, "conv x NULL");
+    expect_err(ms_conv2d(x, NULL, b, 1, 0), MS_ERR_NULL_ARG, "conv w NULL");
+    expect_err(ms_conv2d(ms_zeros(MS_F64, 3, s3), w, NULL, 1, 0), MS_ERR_RANK, "conv x rank 3");
+    expect_err(ms_conv2d(x, ms_zeros(MS_F64, 3, s3), NULL, 1, 0), MS_ERR_RANK, "conv w rank 3");
+    expect_err(ms_conv2d(x, ms_zeros(MS_F64, 4, sw2), NULL, 1, 0), MS_ERR_SHAPE, "conv channels");
+    expect_err(ms_conv2d(x, w, ms_zeros(MS_F64, 1, s1b), 1, 0), MS_ERR_SHAPE, "conv bias (3)");
+    expect_err(ms_conv2d(x, w, ms_zeros(MS_F64, 2, s2), 1, 0), MS_ERR_SHAPE, "conv bias 2-D");
+    expect_err(ms_conv2d(x, w, NULL, 0, 0), MS_ERR_INVALID_ARG, "conv stride 0");
+    expect_err(ms_conv2d(x, w, NULL, -2, 0), MS_ERR_INVALID_ARG, "conv stride -2");
+    expect_err(ms_conv2d(x, w, NULL, 1, -1), MS_ERR_INVALID_ARG, "conv padding -1");
+    expect_err(ms_conv2d(x, ms_zeros(MS_F64, 4, sbig), NULL, 1, 0), MS_ERR_SHAPE,
+               "conv window too tall");
+    ck_assert_ptr_nonnull(ms_conv2d(x, ms_zeros(MS_F64, 4, sbig), NULL, 1, 1)); /* fits padded */
+    expect_err(ms_conv2d(x32, w, NULL, 1, 0), MS_ERR_DTYPE, "conv dtype x");
+    expect_err(ms_conv2d(x, w, ms_zeros(MS_F32, 1, s1), 1, 0), MS_ERR_DTYPE, "conv dtype bias");
+    /* max_pool2d */
+    expect_err(ms_max_pool2d(NULL, 2, 2), MS_ERR_NULL_ARG, "pool NULL");
+    expect_err(ms_max_pool2d(ms_zeros(MS_F64, 3, s3), 2, 2), MS_ERR_RANK, "pool rank 3");
+    expect_err(ms_max_pool2d(x, 0, 2), MS_ERR_INVALID_ARG, "pool kernel 0");
+    expect_err(ms_max_pool2d(x, 2, 0), MS_ERR_INVALID_ARG, "pool stride 0");
+    expect_err(ms_max_pool2d(ms_zeros(MS_F64, 4, sp), 4, 1), MS_ERR_SHAPE, "pool too big");
+    ck_assert_ptr_nonnull(ms_max_pool2d(ms_zeros(MS_F64, 4, sp), 3, 5));
+    /* batch_norm */
+    ms_tensor *gm = ms_ones(MS_F64, 1, s1b), *bt = ms_zeros(MS_F64, 1, s1b);
+    expect_err(ms_batch_norm(NULL, gm, bt, 1e-5), MS_ERR_NULL_ARG, "bn x NULL");
+    expect_err(ms_batch_norm(x, NULL, bt, 1e-5), MS_ERR_NULL_ARG, "bn gamma NULL");
+    expect_err(ms_batch_norm(x, gm, NULL, 1e-5), MS_ERR_NULL_ARG, "bn beta NULL");
+    expect_err(ms_batch_norm(ms_zeros(MS_F64, 3, s3), gm, bt, 1e-5), MS_ERR_RANK, "bn rank 3");
+    expect_err(ms_batch_norm(x, b, bt, 1e-5), MS_ERR_SHAPE, "bn gamma (4)");
+    expect_err(ms_batch_norm(x, gm, b, 1e-5), MS_ERR_SHAPE, "bn beta (4)");
+    expect_err(ms_batch_norm(x, gm, bt, 0.0), MS_ERR_INVALID_ARG, "bn eps 0");
+    expect_err(ms_batch_norm(x, gm, bt, -1.0), MS_ERR_INVALID_ARG, "bn eps -1");
+    expect_err(ms_batch_norm(x, gm, bt, NAN), MS_ERR_INVALID_ARG, "bn eps NaN");
+    expect_err(ms_batch_norm(x32, gm, bt, 1e-5), MS_ERR_DTYPE, "bn dtype");
+    ck_assert_ptr_nonnull(ms_batch_norm(ms_zeros(MS_F64, 2, s2), ms_ones(MS_F64, 1, s1b),
+                                        ms_zeros(MS_F64, 1, s1b), 1e-5));
+    /* softmax_cross_entropy */
+    const int64_t e0[2] = {0, 3}, e1[2] = {4, 0}, s2b[2] = {4, 4};
+    ms_tensor *lg = ms_zeros(MS_F64, 2, s2);
+    expect_err(ms_softmax_cross_entropy(NULL, lg), MS_ERR_NULL_ARG, "ce logits NULL");
+    expect_err(ms_softmax_cross_entropy(lg, NULL), MS_ERR_NULL_ARG, "ce onehot NULL");
+    expect_err(ms_softmax_cross_entropy(x, x), MS_ERR_RANK, "ce rank 4");
+    expect_err(ms_softmax_cross_entropy(b, b), MS_ERR_RANK, "ce rank 1");
+    expect_err(ms_softmax_cross_entropy(lg, ms_zeros(MS_F64, 2, s2b)), MS_ERR_SHAPE, "ce shapes");
+    expect_err(ms_softmax_cross_entropy(ms_zeros(MS_F64, 2, e0), ms_zeros(MS_F64, 2, e0)),
+               MS_ERR_SHAPE, "ce N = 0");
+    expect_err(ms_softmax_cross_entropy(ms_zeros(MS_F64, 2, e1), ms_zeros(MS_F64, 2, e1)),
+               MS_ERR_SHAPE, "ce K = 0");
+    expect_err(ms_softmax_cross_entropy(lg, ms_zeros(MS_F32, 2, s2)), MS_ERR_DTYPE, "ce dtype");
+    ms_tensor *ce = ms_softmax_cross_entropy(lg, ms_ones(MS_F64, 2, s2));
+    assert_not_null(ce, "ce");
+    ck_assert_int_eq(ms_tensor_ndim(ce), 0);
+    ck_assert(fabs(ms_tensor_item(ce) - 3 * log(3.0)) < 1e-12);
+    ck_assert_int_eq(ms_scope_pop(), MS_OK);
+}
+END_TEST
+
+/* ------------------------------------------------------------ Conv4-like MAML */
+
+/* conv(3x3, pad 1)-bn-relu-pool(2) twice, a linear head, cross-entropy */
+static const char *const pkeys[10] = {"w1", "b1", "g1", "be1", "w2", "b2", "g2", "be2", "W", "b"};
+static const int64_t pshapes[10][4] = {{3, 2, 3, 3}, {3}, {3}, {3}, {3, 3, 3, 3}, {3},
+                                       {3}, {3}, {12, 5}, {5}};
+static const int pnd[10] = {4, 1, 1, 1, 4, 1, 1, 1, 2, 1};
+#define NET_N 4
+#define INNER_LR 0.3
+
+typedef struct batch {
+    ms_tensor *x, *y;
+} batch;
+
+static ms_tensor *net_loss(const ms_container *p, const batch *d)
+{
+#define P(k) ms_container_get(p, k)
+    ms_tensor *h = ms_relu(ms_batch_norm(ms_conv2d(d->x, P("w1"), P("b1"), 1, 1), P("g1"),
+                                         P("be1"), 1e-5));
+    h = ms_max_pool2d(h, 2, 2);
+    h = ms_relu(ms_batch_norm(ms_conv2d(h, P("w2"), P("b2"), 1, 1), P("g2"), P("be2"), 1e-5));
+    h = ms_max_pool2d(h, 2, 2);
+    const int64_t flat[2] = {NET_N, 12};
+    ms_tensor *logits = ms_add(ms_matmul(ms_reshape(h, 2, flat), P("W")), P("b"));
+    return ms_softmax_cross_entropy(logits, d->y);
+#undef P
+}
+
+static batch net_batch(uint64_t seed)
+{
+    const int64_t xs[4] = {NET_N, 2, 8, 8}, ys[2] = {NET_N, 5};
+    batch d = {ms_random_uniform(MS_F64, 4, xs, -1, 1, seed), ms_zeros(MS_F64, 2, ys)};
+    for (int i = 0; i < NET_N; i++)
+        put(d.y, i * 5 + (i * 3 + (int)seed) % 5, 1.0);
+    return d;
+}
+
+/* The query loss after one SGD step on the support loss; with create_graph
+ * the step is differentiable (second-order MAML). */
+static ms_tensor *meta_loss(const ms_container *p, const batch *sup, const batch *qry,
+                            bool create_graph)
+{
+    ms_container *g = NULL;
+    assert_ok(ms_grad(net_loss(p, sup), p, create_graph, &g), "inner grad");
+    ms_container *step = ms_container_mul_scalar(g, INNER_LR);
+    ms_container *fast = ms_container_sub(p, step);
+    ms_tensor *l = net_loss(fast, qry);
+    ms_container_release(fast);
+    ms_container_release(step);
+    ms_container_release(g);
+    return l;
+}
+
+static ms_container *net_params(const ms_container *dir, double h, uint64_t seed)
+{
+    ms_container *p = ms_container_new();
+    for (int k = 0; k < 10; k++) {
+        ms_tensor *t = ms_random_uniform(MS_F64, pnd[k], pshapes[k], -0.5, 0.5,
+                                         seed + (uint64_t)k);
+        if (k == 2 || k == 6)
+            t = ms_add_scalar(t, 1.0); /* gamma around 1 */
+        if (dir)
+            t = ms_add(t, ms_mul_scalar(ms_container_at(dir, k), h));
+        ms_container_set(p, pkeys[k], ms_variable(t));
+    }
+    return p;
+}
+
+START_TEST(conv4_second_order_maml)
+{
+    ck_assert_int_eq(ms_scope_push(), MS_OK);
+    batch sup = net_batch(11), qry = net_batch(12);
+    ms_container *p = net_params(NULL, 0, 40);
+    ms_container *mg = NULL, *fo = NULL;
+    assert_ok(ms_grad(meta_loss(p, &sup, &qry, true), p, false, &mg), "meta grad");
+    assert_ok(ms_grad(meta_loss(p, &sup, &qry, false), p, false, &fo), "first-order grad");
+    double second_order_part = 0;
+    /* per parameter: the directional derivative along a random direction
+     * confined to it, against central differences of the meta loss */
+    for (int k = 0; k < 10; k++) {
+        ms_scope_push();
+        ms_container *dir = ms_container_new();
+        for (int j = 0; j < 10; j++) {
+            uint64_t seed = 77u + (uint64_t)j;
+            ms_container_set(dir, pkeys[j],
+                             j == k ? ms_random_uniform(MS_F64, pnd[j], pshapes[j], -1, 1, seed)
+                                    : ms_zeros(MS_F64, pnd[j], pshapes[j]));
+        }
+        ms_container *pp = net_params(dir, EPS, 40), *pm = net_params(dir, -EPS, 40);
+        double lp = ms_tensor_item(meta_loss(pp, &sup, &qry, false));
+        double lm = ms_tensor_item(meta_loss(pm, &sup, &qry, false));
+        double num = (lp - lm) / (2 * EPS), ana = 0, fon = 0;
+        const ms_tensor *v = ms_container_at(dir, k), *g = ms_container_get(mg, pkeys[k]),
+                        *f = ms_container_get(fo, pkeys[k]);
+        for (int64_t i = 0; i < ms_tensor_numel(v); i++) {
+            ana += at(g, i) * at(v, i);
+            fon += at(f, i) * at(v, i);
+        }
+        second_order_part = fmax(second_order_part, fabs(ana - fon));
+        ck_assert_msg(close_enough(ana, num), "%s: meta-gradient along v %.12g, numeric %.12g",
+                      pkeys[k], ana, num);
+        ms_container_release(pp);
+        ms_container_release(pm);
+        ms_container_release(dir);
+        ms_scope_pop();
+    }
+    /* the Hessian term matters: first-order MAML would not pass */
+    ck_assert_msg(second_order_part > 1e-4, "second-order part only %g", second_order_part);
+    ms_container_release(fo);
+    ms_container_release(mg);
+    ms_container_release(p);
+    ck_assert_int_eq(ms_scope_pop(), MS_OK);
+    ck_assert_int_eq(ms_last_error(NULL), MS_OK);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("nn");
@@ -486,6 +762,19 @@ int main(void)
     tc = tcase_create("float32");
     tcase_add_checked_fixture(tc, setup_live, teardown_live);
     tcase_add_loop_test(tc, f32_matches_f64, 0, NCASES);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("semantics");
+    tcase_add_checked_fixture(tc, setup_live, teardown_live);
+    tcase_add_test(tc, pool_nonfinite_and_ties);
+    tcase_add_test(tc, conv_partial_wrt);
+    tcase_add_test(tc, errors);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("maml");
+    tcase_add_checked_fixture(tc, setup_live, teardown_live);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, conv4_second_order_maml);
     suite_add_tcase(s, tc);
 
     return run_suite(s);

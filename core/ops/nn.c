@@ -118,7 +118,8 @@ static ms_tensor *conv_op(int kind, const ms_tensor *a, const ms_tensor *b,
         memcmp(bs, wb, sizeof want_x)) {
         char b1[MS_SHAPE_BUF], b2[MS_SHAPE_BUF];
         ms__fail(MS_ERR_SHAPE, "%s: inconsistent shapes %s and %s", fn,
-                 ms__shape_str(b1, sizeof b1, a->ndim, as), ms__shape_str(b2, sizeof b2, b->ndim, bs));
+                 ms__shape_str(b1, sizeof b1, a->ndim, as),
+                 ms__shape_str(b2, sizeof b2, b->ndim, bs));
         return NULL;
     }
     memcpy(shape, kind == CONV_FWD ? want_y : kind == CONV_DATA ? want_x : want_w, sizeof shape);
