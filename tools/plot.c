@@ -919,6 +919,36 @@ static cairo_status_t write_png(void *closure, const unsigned char *data, unsign
     return CAIRO_STATUS_SUCCESS;
 }
 
+/* Write surf (destroyed) to path; on failure remove the partial file. */
+static int save_png(cairo_surface_t *surf, const char *path, char *err, size_t cap)
+{
+    cairo_status_t st;
+    sink k = {fopen(path, "wb"), 0};
+    if (!k.f) {
+        set_err(err, cap, "plot: cannot open %s: %s", path, strerror(errno));
+        cairo_surface_destroy(surf);
+        return -1;
+    }
+    /* on failure only a regular file is removed: never a device or a FIFO */
+    struct stat sb;
+    bool regular = fstat(fileno(k.f), &sb) == 0 && S_ISREG(sb.st_mode);
+    errno = 0;
+    st = cairo_surface_write_to_png_stream(surf, write_png, &k);
+    cairo_surface_destroy(surf);
+    if (fclose(k.f) != 0 && !k.err && st == CAIRO_STATUS_SUCCESS)
+        k.err = errno ? errno : EIO;
+    if (st != CAIRO_STATUS_SUCCESS || k.err) {
+        if (k.err)
+            set_err(err, cap, "plot: cannot write %s: %s", path, strerror(k.err));
+        else
+            set_err(err, cap, "plot: cannot write %s: %s", path, cairo_status_to_string(st));
+        if (regular)
+            remove(path);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_args(const char *path, int width, int height, const plot_panel *panels,
                       int npanels, int cols, char *err, size_t cap)
 {
@@ -988,28 +1018,127 @@ int plot_png(const char *path, int width, int height, const plot_panel *panels, 
         return -1;
     }
 
-    sink k = {fopen(path, "wb"), 0};
-    if (!k.f) {
-        set_err(err, cap, "plot: cannot open %s: %s", path, strerror(errno));
+    return save_png(surf, path, err, cap);
+}
+
+/* ---- image grids ------------------------------------------------------- */
+
+int plot_images_png(const char *path, const char *title, const plot_image_row *rows, int nrows,
+                    int cell, char *err, size_t cap)
+{
+    if (err && cap)
+        err[0] = '\0';
+    if (!path || !path[0] || !rows || nrows < 1 || cell < 8 || cell > 1024) {
+        set_err(err, cap, "plot: invalid image grid arguments");
+        return -1;
+    }
+    int maxn = 1;
+    for (int r = 0; r < nrows; r++) {
+        if (rows[r].n < 0 || (rows[r].n > 0 && !rows[r].images)) {
+            set_err(err, cap, "plot: image row %d: invalid images", r);
+            return -1;
+        }
+        for (int i = 0; i < rows[r].n; i++) {
+            const plot_image *im = &rows[r].images[i];
+            if (im->gap)
+                continue;
+            if (!im->pix || (im->c != 1 && im->c != 3) || im->h < 1 || im->w < 1) {
+                set_err(err, cap, "plot: image row %d image %d: invalid image", r, i);
+                return -1;
+            }
+        }
+        maxn = rows[r].n > maxn ? rows[r].n : maxn;
+    }
+    double pad = cell * 0.08, cap_h = cell * 0.22, row_title = cell * 0.26,
+           top = title ? cell * 0.4 : pad;
+    double cw = cell + pad, rh = row_title + cell + 2 * cap_h + pad;
+    /* wide enough for the titles too */
+    double text = 0;
+    cairo_surface_t *probe = cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1);
+    cairo_t *pc = cairo_create(probe);
+    if (title) {
+        font(pc, cell * 0.2, true);
+        text = text_w(pc, title);
+    }
+    font(pc, cell * 0.15, true);
+    for (int r = 0; r < nrows; r++)
+        if (rows[r].title)
+            text = fmax(text, text_w(pc, rows[r].title));
+    cairo_destroy(pc);
+    cairo_surface_destroy(probe);
+    int width = (int)ceil(fmax(pad + maxn * cw, 2 * pad + text)),
+        height = (int)ceil(top + nrows * rh + pad);
+    if (width > MAX_DIM || height > MAX_DIM) {
+        set_err(err, cap, "plot: image grid of %dx%d pixels is too large", width, height);
+        return -1;
+    }
+    cairo_surface_t *surf = cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height);
+    cairo_t *cr = cairo_create(surf);
+    cairo_set_source_rgb(cr, 1, 1, 1);
+    cairo_paint(cr);
+    if (title) {
+        font(cr, cell * 0.2, true);
+        cairo_set_source_rgb(cr, 0, 0, 0);
+        cairo_move_to(cr, pad, top * 0.7);
+        cairo_show_text(cr, title);
+    }
+    for (int r = 0; r < nrows; r++) {
+        double y0 = top + r * rh;
+        if (rows[r].title) {
+            font(cr, cell * 0.15, true);
+            cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
+            cairo_move_to(cr, pad, y0 + row_title * 0.75);
+            cairo_show_text(cr, rows[r].title);
+        }
+        for (int i = 0; i < rows[r].n; i++) {
+            const plot_image *im = &rows[r].images[i];
+            if (im->gap)
+                continue;
+            double x0 = pad + i * cw, yi = y0 + row_title;
+            /* the pixels, nearest neighbour, gray or RGB in [0, 1] */
+            double sx = (double)cell / im->w, sy = (double)cell / im->h;
+            for (int y = 0; y < im->h; y++)
+                for (int x = 0; x < im->w; x++) {
+                    double v[3];
+                    for (int k = 0; k < 3; k++) {
+                        double p = im->pix[(size_t)(im->c == 3 ? k : 0) * im->h * im->w +
+                                           (size_t)y * im->w + x];
+                        v[k] = isfinite(p) ? (p < 0 ? 0 : p > 1 ? 1 : p) : 0;
+                    }
+                    cairo_set_source_rgb(cr, v[0], v[1], v[2]);
+                    cairo_rectangle(cr, x0 + x * sx, yi + y * sy, sx + 0.5, sy + 0.5);
+                    cairo_fill(cr);
+                }
+            if (im->frame) {
+                if (im->frame == 1)
+                    cairo_set_source_rgb(cr, 0.17, 0.63, 0.17);
+                else
+                    cairo_set_source_rgb(cr, 0.84, 0.15, 0.16);
+                cairo_set_line_width(cr, cell * 0.04);
+                cairo_rectangle(cr, x0, yi, cell, cell);
+                cairo_stroke(cr);
+            }
+            const char *lines[2] = {im->caption, im->caption2};
+            for (int l = 0; l < 2; l++) {
+                if (!lines[l] || !lines[l][0])
+                    continue;
+                double size = fit_font(cr, lines[l], cell * 0.14, false, cell + pad * 0.8);
+                font(cr, size, false);
+                cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
+                cairo_move_to(cr, x0, yi + cell + cap_h * (l + 0.8));
+                cairo_show_text(cr, lines[l]);
+            }
+        }
+    }
+    cairo_status_t st = cairo_status(cr);
+    cairo_destroy(cr);
+    cairo_surface_flush(surf);
+    if (st == CAIRO_STATUS_SUCCESS)
+        st = cairo_surface_status(surf);
+    if (st != CAIRO_STATUS_SUCCESS) {
+        set_err(err, cap, "plot: cairo: %s", cairo_status_to_string(st));
         cairo_surface_destroy(surf);
         return -1;
     }
-    /* on failure only a regular file is removed: never a device or a FIFO */
-    struct stat sb;
-    bool regular = fstat(fileno(k.f), &sb) == 0 && S_ISREG(sb.st_mode);
-    errno = 0;
-    st = cairo_surface_write_to_png_stream(surf, write_png, &k);
-    cairo_surface_destroy(surf);
-    if (fclose(k.f) != 0 && !k.err && st == CAIRO_STATUS_SUCCESS)
-        k.err = errno ? errno : EIO;
-    if (st != CAIRO_STATUS_SUCCESS || k.err) {
-        if (k.err)
-            set_err(err, cap, "plot: cannot write %s: %s", path, strerror(k.err));
-        else
-            set_err(err, cap, "plot: cannot write %s: %s", path, cairo_status_to_string(st));
-        if (regular)
-            remove(path);
-        return -1;
-    }
-    return 0;
+    return save_png(surf, path, err, cap);
 }

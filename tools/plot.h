@@ -85,4 +85,30 @@ int plot_png(const char *path, int width, int height,
              const plot_panel *panels, int npanels, int cols,
              char *err, size_t cap);
 
+/* One image of a grid (episodes.png): c (1 gray or 3 RGB) channel-major
+ * planes of h x w values in [0, 1] (clamped; non-finite → 0), drawn
+ * nearest-neighbour into a square cell, with up to two caption lines below
+ * and an optional coloured frame.  Borrowed for the call only. */
+typedef struct plot_image {
+    const float *pix;
+    int c, h, w;
+    const char *caption, *caption2; /* NULL → none */
+    int frame;                      /* 0 none, 1 green (right), 2 red (wrong) */
+    bool gap;                       /* an empty cell (pix ignored) */
+} plot_image;
+
+typedef struct plot_image_row {
+    const char *title; /* above the row; NULL → none */
+    const plot_image *images;
+    int n;
+} plot_image_row;
+
+/* Draw rows of images, each image in a cell x cell pixel square, under an
+ * optional figure title, into a PNG at path (size follows from the rows).
+ * Returns 0, or -1 with a message in err as plot_png (invalid arguments:
+ * cell not in 8..1024, no rows, an image without pixels or with c not 1 or
+ * 3, a figure larger than 16384 pixels). */
+int plot_images_png(const char *path, const char *title, const plot_image_row *rows, int nrows,
+                    int cell, char *err, size_t cap);
+
 #endif /* METASTEP_TOOLS_PLOT_H */
