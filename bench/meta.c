@@ -22,14 +22,21 @@
  * usage: bench-meta [--backends ref,openblas,onednn] [--algos maml,fomaml,reptile]
  *                   [--steps 1,5] [--modes loop,batched] [--repeats N]
  *                   [--target SECONDS] [--n N] [--inner-v K,K] [--quick] [--json]
- *                   [--only ALGO:STEPS:MODE:BACKEND]
+ *                   [--only ALGO:STEPS:MODE:BACKEND] [--dump DIR]
+ *
+ * --dump DIR does no timing: it writes the initial variables, the first
+ * meta-batch and, per configuration and backend, the first meta-step's cost,
+ * meta-gradient and Adam-updated variables as safetensors files, so that
+ * another implementation (bench/compare-peers) can be checked against this one.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +65,7 @@ typedef struct options {
     int repeats;
     double target;
     long fixed_n; /* --n: steps per repeat, no calibration (0: calibrate) */
+    const char *dump; /* --dump DIR: write the first step's inputs and outputs, no timing */
     bool quick, json, only;
 } options;
 
@@ -187,25 +195,34 @@ static char g_inner_v_buf[256];
 static const char *g_inner_v[8];
 static bool g_has_inner_v;
 
-/* One meta-step as tools/cmd_train.c makes it: meta step, then Adam. */
-static bool one_step(run *r, algo a, int steps, bool batched, const ms_container *batch)
+/* The meta step alone (no outer update) of variables vars on batch: res
+ * receives the cost and the meta-gradient.  Call inside a scope. */
+static ms_status meta_step(const ms_container *vars, algo a, int steps, bool batched,
+                           const ms_container *batch, metastep_result *res)
 {
-    ms_scope_push();
-    ms_container *v = batched ? ms_container_replicate(r->vars, META_BATCH) : ms_container_copy(r->vars);
-    metastep_result res = {0};
+    ms_container *v = batched ? ms_container_replicate(vars, META_BATCH) : ms_container_copy(vars);
     ms_status st = v ? MS_OK : ms_last_error(NULL);
     if (st == MS_OK && a == ALGO_REPTILE) {
         metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
         o.batched = batched;
-        st = metastep_reptile_step(batch, g_task->inner_cost, v, steps, INNER_LR, &o, &res);
+        st = metastep_reptile_step(batch, g_task->inner_cost, v, steps, INNER_LR, &o, res);
     } else if (st == MS_OK) {
         metastep_options o = METASTEP_OPTIONS_DEFAULT;
         o.batched = batched;
         o.inner_v = g_has_inner_v ? g_inner_v : NULL;
         st = (a == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
-            batch, g_task->inner_cost, g_task->outer_cost, v, steps, INNER_LR, &o, &res);
+            batch, g_task->inner_cost, g_task->outer_cost, v, steps, INNER_LR, &o, res);
     }
     ms_container_release(v);
+    return st;
+}
+
+/* One meta-step as tools/cmd_train.c makes it: meta step, then Adam. */
+static bool one_step(run *r, algo a, int steps, bool batched, const ms_container *batch)
+{
+    ms_scope_push();
+    metastep_result res = {0};
+    ms_status st = meta_step(r->vars, a, steps, batched, batch, &res);
     ms_container *next = st == MS_OK ? metastep_optim_step(r->opt, r->vars, res.grads, OUTER_LR, true)
                                      : NULL;
     if (next) {
@@ -233,6 +250,91 @@ static bool push_backend(const char *name)
         return false;
     }
     return true;
+}
+
+/* --dump DIR: what the first timed meta-step computes, for checking another
+ * implementation against this one.  DIR/variables.safetensors holds the
+ * initial variables and DIR/batch.safetensors the first meta-batch (both the
+ * same for every configuration); DIR/step-ALGO-STEPS-MODE-BACKEND.safetensors
+ * holds "cost", the meta-gradient under "grads/..." (before the outer
+ * update) and the variables after the outer Adam update under "updated/...". */
+static bool save_or_fail(const ms_container *c, const char *dir, const char *name)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) {
+        fprintf(stderr, "bench-meta: --dump: path too long\n");
+        return false;
+    }
+    if (ms_container_save(c, path) != MS_OK) {
+        fail_ms(path);
+        return false;
+    }
+    printf("wrote %s\n", path);
+    return true;
+}
+
+static bool put_prefixed(ms_container *out, const char *prefix, const ms_container *c)
+{
+    char key[512];
+    for (int i = 0; i < ms_container_size(c); i++) {
+        snprintf(key, sizeof key, "%s/%s", prefix, ms_container_key(c, i));
+        if (ms_container_set(out, key, ms_container_at(c, i)) != MS_OK)
+            return false;
+    }
+    return true;
+}
+
+static bool dump_config(const char *dir, algo a, int steps, bool batched, const char *backend)
+{
+    if (!push_backend(backend))
+        return false;
+    metastep_optimizer adam = metastep_adam(0.9, 0.999, 1e-8);
+    ms_container *vars = g_task->init_variables(0, MS_F32), *out = ms_container_new();
+    metastep_optim_state *opt = metastep_optim_state_new(&adam);
+    bool ok = vars && out && opt;
+    ms_scope_push();
+    metastep_result res = {0};
+    ms_container *next = NULL;
+    if (ok)
+        ok = meta_step(vars, a, steps, batched, g_batches[0], &res) == MS_OK;
+    if (ok)
+        ok = (next = metastep_optim_step(opt, vars, res.grads, OUTER_LR, true)) != NULL;
+    if (ok)
+        ok = ms_container_set(out, "cost", res.cost) == MS_OK &&
+             put_prefixed(out, "grads", res.grads) && put_prefixed(out, "updated", next);
+    if (!ok)
+        fail_ms("--dump: meta-step failed");
+    char name[256];
+    snprintf(name, sizeof name, "step-%s-%d-%s-%s.safetensors", algo_names[a], steps,
+             mode_names[batched], backend);
+    ok = ok && save_or_fail(out, dir, name);
+    ms_container_release(next);
+    metastep_result_release(&res);
+    ms_scope_pop();
+    ms_container_release(out);
+    ms_container_release(vars);
+    metastep_optim_state_release(opt);
+    metastep_unset_backend();
+    return ok;
+}
+
+static int dump_all(const char *dir, const options *o)
+{
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "bench-meta: --dump: cannot create %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    ms_container *vars = g_task->init_variables(0, MS_F32);
+    bool ok = vars && save_or_fail(vars, dir, "variables.safetensors") &&
+              save_or_fail(g_batches[0], dir, "batch.safetensors");
+    ms_container_release(vars);
+    for (int ia = 0; ok && ia < o->nalgos; ia++)
+        for (int is = 0; ok && is < o->nsteps; is++)
+            for (int im = 0; ok && im < o->nmodes; im++)
+                for (int b = 0; ok && b < o->nbackends; b++)
+                    ok = dump_config(dir, (algo)o->algos[ia], o->steps[is], o->modes[im] == 1,
+                                     o->backends[b]);
+    return ok ? 0 : 1;
 }
 
 /* Fresh variables and Adam state, warm-up and calibration of N. */
@@ -336,6 +438,9 @@ static void usage(FILE *f)
             "  --n N               N steps per repeat, no calibration (for instruction counts)\n"
             "  --inner-v K,K       maml/fomaml adapt only these key chains (ANIL: l3/w,l3/b)\n"
             "  --json              machine-readable output on stdout\n"
+            "  --dump DIR          no timing: write the initial variables, the first meta-batch\n"
+            "                      and each configuration's first meta-gradient (and Adam update)\n"
+            "                      as safetensors files in DIR\n"
             "  --only ALGO:STEPS:MODE:BACKEND   one configuration (for its own peak RSS)\n");
 }
 
@@ -458,6 +563,9 @@ static int parse(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--n")) {
             o->fixed_n = atol(v);
             ok = o->fixed_n >= 1 && o->fixed_n <= (1L << 30);
+        } else if (!strcmp(a, "--dump")) {
+            o->dump = v;
+            ok = *v != '\0';
         } else if (!strcmp(a, "--only")) {
             ok = only = parse_only(v, o);
         } else {
@@ -530,6 +638,12 @@ int main(int argc, char **argv)
             fail_ms("cannot sample a meta-batch");
             return 1;
         }
+    }
+    if (o.dump) {
+        rc = dump_all(o.dump, &o);
+        for (int i = 0; i < NBATCHES; i++)
+            ms_container_release(g_batches[i]);
+        return rc;
     }
     /* load every backend once up front, for the descriptions */
     for (int b = 0; b < o.nbackends; b++)
