@@ -34,6 +34,9 @@
 #include <string.h>
 
 #include <dnnl.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "metastep/backend.h"
 
@@ -1294,6 +1297,18 @@ static void dnnl_backend_shutdown(void)
     }
 }
 
+#ifdef _OPENMP
+/* ABI 1.2: Debian's oneDNN runs its primitives on OpenMP (libgomp), whose
+ * thread count is a per-thread setting of the calling thread. */
+static int dnnl_set_num_threads(int n)
+{
+    int prev = omp_get_max_threads();
+    if (n >= 1 && n != prev)
+        omp_set_num_threads(n);
+    return prev;
+}
+#endif
+
 static const ms_backend g_table = {
     .header = {MS_BACKEND_ABI_MAJOR, MS_BACKEND_ABI_MINOR, sizeof(ms_backend), "onednn",
                g_description},
@@ -1311,6 +1326,9 @@ static const ms_backend g_table = {
     .conv2d = dnnl_conv2d_kernel,
     .conv2d_backward_data = dnnl_conv2d_bwd_data_kernel,
     .conv2d_backward_weights = dnnl_conv2d_bwd_weights_kernel,
+#ifdef _OPENMP
+    .set_num_threads = dnnl_set_num_threads,
+#endif
 };
 
 MS_PLUGIN_EXPORT const ms_backend *metastep_backend_entry(void)

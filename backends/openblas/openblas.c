@@ -509,6 +509,15 @@ static ms_status blas_init(void)
     return MS_OK;
 }
 
+/* ABI 1.2: OpenBLAS threads its calls itself; its setting is process-wide. */
+static int blas_set_num_threads(int n)
+{
+    int prev = openblas_get_num_threads();
+    if (n >= 1 && n != prev)
+        openblas_set_num_threads(n);
+    return prev;
+}
+
 static const ms_backend g_table = {
     .header = {MS_BACKEND_ABI_MAJOR, MS_BACKEND_ABI_MINOR, sizeof(ms_backend), "openblas",
                g_description},
@@ -526,6 +535,7 @@ static const ms_backend g_table = {
     .conv2d = blas_conv2d,
     .conv2d_backward_data = blas_conv2d_backward_data,
     .conv2d_backward_weights = blas_conv2d_backward_weights,
+    .set_num_threads = blas_set_num_threads,
 };
 
 MS_PLUGIN_EXPORT const ms_backend *metastep_backend_entry(void)

@@ -6,6 +6,7 @@
  * references) or retained explicitly; in second-order mode the graph itself
  * keeps alive what the final gradient needs, and nothing else. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ typedef struct meta_cfg {
     int num_tasks;
     bool stop;
     void *user;
+    int threads; /* > 1: unbatched tasks on the worker pool */
     /* second order, unbatched: differentiate each task's cost as soon as its
      * inner loop ends (the gradient of the mean is the mean of the
      * gradients), so only one task's graph is alive at a time */
@@ -347,6 +349,221 @@ static ms_container *apply_batch_fn(metastep_batch_fn fn, const ms_container *b,
     return r;
 }
 
+/* ---- unbatched: each task on its own (on a worker thread when threads > 1),
+ * the results combined in task order ---- */
+
+typedef struct task_slot {
+    ms_status st;
+    char *msg;   /* the failing task's message (malloc'ed) */
+    task_out o;
+} task_slot;
+
+typedef struct unbatched {
+    const meta_cfg *c;
+    ms_container **subs;
+    const ms_container *variables;
+    metastep_batch_fn inner_bfn, outer_bfn;
+    metastep_return_inner ret;
+    /* parallel runs */
+    bool private_vars;   /* give each task stand-ins for the variables that need a gradient */
+    task_slot *slots;
+    atomic_int first_failed; /* the lowest failing task index so far (n: none) */
+    /* the running combination */
+    ms_tensor *total;
+    ms_container *gsum, **adapted;
+    int nadapted;
+} unbatched;
+
+/* vars with every tensor that requires a gradient replaced by a private
+ * stand-in, x * 1 (exact, and recorded so that the stand-in leads back to
+ * the original).  ms_grad marks the tensors it walks (visit, pending,
+ * gacc); tasks running at once must not share any, and the level cut-off
+ * stops every walk at the stand-ins. */
+static ms_container *stand_ins(const ms_container *vars)
+{
+    ms_container *out = ms_container_new();
+    for (int i = 0; out && i < ms_container_size(vars); i++) {
+        ms_tensor *t = ms_container_at(vars, i);
+        const char *key = ms_container_key(vars, i);
+        ms_status st = ms_requires_grad(t)
+                           ? ms__container_adopt(out, "meta", key, ms_mul_scalar(t, 1.0))
+                           : ms_container_set(out, key, t);
+        if (st != MS_OK) {
+            ms_container_release(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* The tensors of vars at the keys of like. */
+static ms_container *same_keys(const ms_container *vars, const ms_container *like)
+{
+    ms_container *out = ms_container_new();
+    for (int i = 0; out && i < ms_container_size(like); i++) {
+        const char *key = ms_container_key(like, i);
+        ms_tensor *t = ms_container_get(vars, key);
+        if (!t || ms_container_set(out, key, t) != MS_OK) {
+            ms_container_release(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* Task t from its sub-batch to its cost, gradient contribution and adapted
+ * variables (in o, which outlives the task's scope). */
+static ms_status run_task(const unbatched *u, int t, task_out *o)
+{
+    const meta_cfg *c = u->c;
+    memset(o, 0, sizeof *o);
+    ms_scope_push();
+    const ms_container *vars = u->variables, *wrt = c->per_task_wrt;
+    ms_container *priv = NULL, *priv_wrt = NULL;
+    ms_status st = MS_OK;
+    if (u->private_vars) {
+        priv = stand_ins(u->variables);
+        priv_wrt = priv && wrt ? same_keys(priv, wrt) : NULL;
+        if (!priv || (wrt && !priv_wrt))
+            st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
+        vars = priv;
+        wrt = wrt ? priv_wrt : NULL;
+    }
+    ms_container *ib = st == MS_OK ? apply_batch_fn(u->inner_bfn, u->subs[t], c->user, c->fn) : NULL;
+    ms_container *ob = ib ? apply_batch_fn(u->outer_bfn, u->subs[t], c->user, c->fn) : NULL;
+    if (st == MS_OK)
+        st = ob ? train_task(c, ib, ob, vars, t, o) : ms_last_error(NULL);
+    if (st == MS_OK && wrt) {
+        swap_in(&o->grads, NULL);
+        st = ms_grad(o->cost, wrt, false, &o->grads);
+        if (st == MS_OK)
+            st = check_grads(c, o->grads, "outer", c->steps, t);
+        carry(&o->cost, ms_stop_gradient(o->cost));
+        swap_in(&o->vars, ms_container_stop_gradient(o->vars));
+        if (st == MS_OK && (!o->cost || !o->vars))
+            st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
+    }
+    if (st != MS_OK)
+        task_out_release(o);
+    ms_container_release(ib);
+    ms_container_release(ob);
+    ms_container_release(priv_wrt);
+    ms_container_release(priv);
+    ms_scope_pop();
+    return st;
+}
+
+/* Add task t's results to the running sums; takes o's adapted variables
+ * when they are returned. */
+static ms_status combine(unbatched *u, int t, task_out *o)
+{
+    const meta_cfg *c = u->c;
+    ms_scope_push();
+    carry(&u->total, u->total ? ms_add(u->total, o->cost) : o->cost);
+    ms_status st = u->total ? MS_OK : ms_last_error(NULL);
+    if (st == MS_OK && (c->order == 1 || c->per_task_wrt)) {
+        ms_container *s = u->gsum ? ms_container_add(u->gsum, o->grads) : ms_container_copy(o->grads);
+        st = s ? MS_OK : ms_last_error(NULL);
+        swap_in(&u->gsum, s);
+    }
+    if (st == MS_OK &&
+        (u->ret == METASTEP_RETURN_INNER_ALL || (u->ret == METASTEP_RETURN_INNER_FIRST && t == 0))) {
+        u->adapted[u->nadapted++] = o->vars;
+        o->vars = NULL;
+    }
+    ms_scope_pop();
+    return st;
+}
+
+static void task_on_worker(void *ctx, int t)
+{
+    unbatched *u = ctx;
+    task_slot *s = &u->slots[t];
+    if (t > atomic_load_explicit(&u->first_failed, memory_order_relaxed))
+        return; /* a task before it failed: its result is never used */
+    ms_clear_error(); /* each task's first error is its own */
+    s->st = run_task(u, t, &s->o);
+    if (s->st == MS_OK)
+        return;
+    const char *msg = NULL;
+    ms_last_error(&msg);
+    s->msg = strdup(msg && *msg ? msg : ms_status_string(s->st));
+    int f = atomic_load(&u->first_failed);
+    while (t < f && !atomic_compare_exchange_weak(&u->first_failed, &f, t))
+        ;
+}
+
+static ms_status run_unbatched(unbatched *u, ms_tensor **cost, ms_container **grads,
+                               ms_container **inner_v)
+{
+    const meta_cfg *c = u->c;
+    const int n = c->num_tasks;
+    ms_status st = MS_OK;
+    if (!(u->adapted = calloc((size_t)n, sizeof *u->adapted)))
+        return ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
+    /* Second order with stop_gradients off keeps one graph over every task,
+     * differentiated at the end: its sweep would add up the tasks'
+     * contributions in another order through stand-ins, so it stays here. */
+    bool parallel = c->threads > 1 && n > 1 && !(c->order == 2 && !c->per_task_wrt);
+    if (!parallel) {
+        /* one task at a time: only one task's graph is alive at once */
+        for (int t = 0; st == MS_OK && t < n; t++) {
+            task_out o;
+            st = run_task(u, t, &o);
+            if (st == MS_OK)
+                st = combine(u, t, &o);
+            task_out_release(&o);
+        }
+    } else {
+        for (int i = 0; i < ms_container_size(u->variables); i++)
+            u->private_vars |= ms_requires_grad(ms_container_at(u->variables, i));
+        if (!(u->slots = calloc((size_t)n, sizeof *u->slots)))
+            st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
+        if (st == MS_OK) {
+            /* the caller runs tasks too: keep its own pending error aside */
+            const char *m = NULL;
+            ms_status before = ms_last_error(&m);
+            char *saved = before != MS_OK ? strdup(m) : NULL;
+            atomic_init(&u->first_failed, n);
+            ms__pool_run(c->threads, n, task_on_worker, u);
+            ms_clear_error();
+            if (before != MS_OK)
+                ms__fail(before, "%s", saved ? saved : ms_status_string(before));
+            free(saved);
+        }
+        for (int t = 0; st == MS_OK && t < n; t++) {
+            task_slot *s = &u->slots[t];
+            st = s->st != MS_OK ? ms__fail(s->st, "%s", s->msg ? s->msg : ms_status_string(s->st))
+                                : combine(u, t, &s->o);
+        }
+        for (int t = 0; u->slots && t < n; t++) {
+            task_out_release(&u->slots[t].o);
+            free(u->slots[t].msg);
+        }
+        free(u->slots);
+    }
+    if (st == MS_OK) {
+        *cost = ms_retain(ms_div_scalar(u->total, (double)n));
+        if (c->order == 1 || c->per_task_wrt)
+            *grads = ms_container_div_scalar(u->gsum, (double)n);
+        if (u->nadapted) {
+            ms_container *all = ms_container_concat(u->nadapted, u->adapted, 0);
+            *inner_v = c->stop ? all : ms_container_stop_gradient(all);
+            if (!c->stop)
+                ms_container_release(all);
+        }
+        if (!*cost || ((c->order == 1 || c->per_task_wrt) && !*grads) ||
+            (u->nadapted && !*inner_v))
+            st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
+    }
+    for (int i = 0; i < u->nadapted; i++)
+        ms_container_release(u->adapted[i]);
+    free(u->adapted);
+    ms_release(u->total);
+    ms_container_release(u->gsum);
+    return st;
+}
+
 /* Every task: cost, first-order gradient and adapted variables, combined as
  * Ivy's _train_tasks does. */
 static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
@@ -379,65 +596,13 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
     int n = 0;
     ms_container **subs = NULL;
     ms_status st = ms_container_unstack(batch, true, &n, &subs);
-    ms_tensor *total = NULL;
-    ms_container *gsum = NULL, **adapted = NULL;
-    int nadapted = 0;
-    if (st == MS_OK && !(adapted = calloc((size_t)c->num_tasks, sizeof *adapted)))
-        st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
-    for (int t = 0; st == MS_OK && t < c->num_tasks; t++) {
-        ms_scope_push();
-        ms_container *ib = apply_batch_fn(inner_bfn, subs[t], c->user, c->fn);
-        ms_container *ob = ib ? apply_batch_fn(outer_bfn, subs[t], c->user, c->fn) : NULL;
-        task_out o = {NULL, NULL, NULL};
-        st = ob ? train_task(c, ib, ob, variables, t, &o) : ms_last_error(NULL);
-        if (st == MS_OK) {
-            if (c->per_task_wrt) {
-                swap_in(&o.grads, NULL);
-                st = ms_grad(o.cost, c->per_task_wrt, false, &o.grads);
-                if (st == MS_OK)
-                    st = check_grads(c, o.grads, "outer", c->steps, t);
-                carry(&o.cost, ms_stop_gradient(o.cost));
-                swap_in(&o.vars, ms_container_stop_gradient(o.vars));
-            }
-            if (st == MS_OK)
-                carry(&total, total ? ms_add(total, o.cost) : o.cost);
-            if (st == MS_OK && (c->order == 1 || c->per_task_wrt)) {
-                ms_container *s = gsum ? ms_container_add(gsum, o.grads) : ms_container_copy(o.grads);
-                st = s ? MS_OK : ms_last_error(NULL);
-                swap_in(&gsum, s);
-            }
-            if (st == MS_OK &&
-                (ret == METASTEP_RETURN_INNER_ALL || (ret == METASTEP_RETURN_INNER_FIRST && t == 0))) {
-                adapted[nadapted++] = o.vars;
-                o.vars = NULL;
-            }
-        }
-        task_out_release(&o);
-        ms_container_release(ib);
-        ms_container_release(ob);
-        ms_scope_pop();
-    }
+    unbatched u = {.c = c, .subs = subs, .variables = variables, .inner_bfn = inner_bfn,
+                   .outer_bfn = outer_bfn, .ret = ret};
+    if (st == MS_OK)
+        st = run_unbatched(&u, cost, grads, inner_v);
     for (int i = 0; i < n; i++)
         ms_container_release(subs[i]);
     free(subs);
-    if (st == MS_OK) {
-        *cost = ms_retain(ms_div_scalar(total, (double)c->num_tasks));
-        if (c->order == 1 || c->per_task_wrt)
-            *grads = ms_container_div_scalar(gsum, (double)c->num_tasks);
-        if (nadapted) {
-            ms_container *all = ms_container_concat(nadapted, adapted, 0);
-            *inner_v = c->stop ? all : ms_container_stop_gradient(all);
-            if (!c->stop)
-                ms_container_release(all);
-        }
-        if (!*cost || ((c->order == 1 || c->per_task_wrt) && !*grads) || (nadapted && !*inner_v))
-            st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
-    }
-    for (int i = 0; i < nadapted; i++)
-        ms_container_release(adapted[i]);
-    free(adapted);
-    ms_release(total);
-    ms_container_release(gsum);
     return st;
 }
 
@@ -477,6 +642,9 @@ static ms_status validate(meta_cfg *c, const ms_container *batch, const ms_conta
     if (c->num_tasks < 0 || c->num_tasks > lead)
         return ms__fail(MS_ERR_INVALID_ARG, "%s: num_tasks %d is outside [1, %lld] (the batch's "
                         "leading dimension)", c->fn, c->num_tasks, (long long)lead);
+    if (c->threads < 0)
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: threads is %d; it must be >= 0", c->fn,
+                        c->threads);
     if (c->num_tasks == 0)
         c->num_tasks = (int)lead;
     if (c->num_tasks == 0)
@@ -547,7 +715,8 @@ static meta_cfg make_cfg(const char *fn, metastep_cost_fn inner, metastep_cost_f
                       .avg = o->average_across_steps, .inner_v = o->inner_v,
                       .outer_v = o->outer_v, .keep_inner = o->keep_inner_v,
                       .keep_outer = o->keep_outer_v, .batched = o->batched,
-                      .num_tasks = o->num_tasks, .stop = o->stop_gradients, .user = o->user};
+                      .num_tasks = o->num_tasks, .stop = o->stop_gradients, .user = o->user,
+                      .threads = o->threads};
 }
 
 ms_status metastep_fomaml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
@@ -574,6 +743,7 @@ ms_status metastep_reptile_step(const ms_container *batch, metastep_cost_fn cost
     o.num_tasks = r.num_tasks;
     o.stop_gradients = r.stop_gradients;
     o.user = r.user;
+    o.threads = r.threads;
     o.average_across_steps = true;
     meta_cfg c = make_cfg("metastep_reptile_step", cost_fn, NULL, inner_grad_steps,
                           inner_learning_rate, &o, 1);

@@ -186,6 +186,29 @@ ms_status metastep_set_thread_backend(const char *name)
     return MS_OK;
 }
 
+void *ms__backend_handle(void) { return active_backend(); }
+
+ms_status ms__thread_backend_push(void *handle)
+{
+    if (!handle)
+        return ms__fail(MS_ERR_BACKEND, "no backend to run the worker on");
+    if (tdepth == MS_MAX_STACK)
+        return ms__fail(MS_ERR_INVALID_ARG, "metastep_set_thread_backend: more than %d "
+                        "backends pushed on this thread", MS_MAX_STACK);
+    tstack[tdepth++] = handle;
+    if (tdepth == 1)
+        atomic_fetch_add(&overrides, 1);
+    return MS_OK;
+}
+
+int ms__backend_set_threads(int n)
+{
+    ms_loaded *l = active_backend();
+    if (!l || !MS_BACKEND_HAS_SLOT(l->t, set_num_threads) || !l->t->set_num_threads)
+        return 0;
+    return l->t->set_num_threads(n);
+}
+
 ms_status metastep_unset_thread_backend(void)
 {
     if (tdepth == 0)

@@ -10,6 +10,14 @@
 /* --- dispatch (runtime.c): the active backend, with fallback to ref --- */
 typedef struct ms_loaded ms_loaded;
 MS_HIDDEN const ms_backend *ms__ref(void);
+/* The calling thread's active backend (an opaque handle), and pushing that
+ * very backend as another thread's override (popped with
+ * metastep_unset_thread_backend): a worker computes on its caller's backend. */
+MS_HIDDEN void *ms__backend_handle(void);
+MS_HIDDEN ms_status ms__thread_backend_push(void *handle);
+/* The ABI 1.2 set_num_threads of the calling thread's backend: the previous
+ * count, or 0 when the backend does not thread internally (no slot). */
+MS_HIDDEN int ms__backend_set_threads(int n);
 MS_HIDDEN ms_status msk_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y);
 MS_HIDDEN ms_status msk_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
                                const void *a, const int64_t *sa, const void *b,

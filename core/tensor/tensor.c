@@ -300,6 +300,21 @@ ms_status ms_scope_pop(void)
 
 int ms_scope_depth(void) { return ts.scope_top; }
 
+void ms__thread_release(void)
+{
+    struct thread_state *st = state();
+    if (st->scope_top != 0)
+        return;
+    for (int i = 0; i < MS_MAX_SCOPES; i++) {
+        free(st->scopes[i].items);
+        st->scopes[i].items = NULL;
+        st->scopes[i].cap = 0;
+    }
+    free(st->dying);
+    st->dying = NULL;
+    st->capdying = 0;
+}
+
 void ms__scope_adopt(ms_tensor *t)
 {
     if (t && !scope_add(state(), t))

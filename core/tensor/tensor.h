@@ -44,6 +44,9 @@ MS_HIDDEN ms_tensor *ms__tensor_tmp(const char *fn, ms_dtype dt, int ndim, const
 /* Undo a just-created tensor after a failure: drop it from the scope if it is
  * the scope's newest entry, then release it. */
 MS_HIDDEN void ms__discard(ms_tensor *t);
+/* Free the lists this thread's scopes keep for reuse (none may be open): a
+ * worker thread calls it before it exits, so that nothing it cached is lost. */
+MS_HIDDEN void ms__thread_release(void);
 /* Validate a tensor argument: NULL -> MS_ERR_NULL_ARG recorded; released -> error. */
 MS_HIDDEN bool ms__check(const char *fn, const ms_tensor *t, const char *argname);
 MS_HIDDEN bool ms__same_dtype(const char *fn, const ms_tensor *a, const ms_tensor *b);

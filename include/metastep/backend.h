@@ -16,7 +16,11 @@
  * MS_ERR_UNSUPPORTED to have the reference backend serve that call (the
  * frontend counts these fallbacks), or another status on a real failure.
  * A NULL slot is served by the reference backend for every call.
- * Kernels must be safe to call from several threads at once.
+ * Kernels must be safe to call from several threads at once (every backend
+ * declares this by being loadable; the meta steps' worker pool relies on it).
+ * A backend whose kernels thread internally says so with the ABI 1.2
+ * set_num_threads slot, so that the frontend can keep tasks × kernel threads
+ * within the cores.
  * The frontend validates every argument before calling a kernel: kernels may
  * assume shapes are consistent, ndim is in [0, MS_MAX_DIMS] and no buffer
  * aliases another unless stated.
@@ -37,7 +41,7 @@ extern "C" {
 #endif
 
 #define MS_BACKEND_ABI_MAJOR 1
-#define MS_BACKEND_ABI_MINOR 1
+#define MS_BACKEND_ABI_MINOR 2
 #define MS_BACKEND_ENTRY_SYMBOL "metastep_backend_entry"
 
 /* Elementwise unary ops: y = op(x).  Values are fixed (ABI).  NaN in gives
@@ -171,6 +175,17 @@ typedef struct ms_backend {
      * to w.  gw is overwritten. */
     ms_status (*conv2d_backward_weights)(ms_dtype dt, const ms_conv2d_desc *d, const void *x,
                                          const void *gy, void *gw);
+
+    /* ---- ABI 1.2: threading.  A 1.0 or 1.1 table ends above. ---- */
+
+    /* Sets how many threads each kernel call may use internally (n >= 1) for
+     * calls made from the calling thread from now on; a library whose
+     * setting is process-wide (OpenBLAS) applies it to every thread.
+     * Returns the previous count, for restoring it.  NULL (or absent): the
+     * kernels do not thread internally.  The meta steps' worker pool calls it
+     * with 1 while tasks run on several threads (metastep_options.threads),
+     * so that tasks × kernel threads never oversubscribe the cores. */
+    int (*set_num_threads)(int n);
 } ms_backend;
 
 /* The smallest table size a major-1 backend may declare: every slot of ABI

@@ -53,6 +53,18 @@ typedef struct metastep_options {
     int num_tasks;                                     /* 0: the batch's leading dimension */
     bool stop_gradients;                               /* true */
     void *user;                                        /* handed to every callable */
+    /* Threads running the tasks of an unbatched step: 0 or 1, one thread (the
+     * caller's; the default).  N > 1: the caller and N - 1 workers of a pool
+     * shared by the process (created on first use, reused, joined at exit or
+     * by metastep_shutdown_threads).  Results are combined in task order, so
+     * cost, gradients and adapted variables are bit-identical for every
+     * count.  The callables (cost and batch functions, the optimizer) are
+     * then called from several threads at once and must allow it; workers
+     * compute on the caller's current backend, with the backend's internal
+     * threads set to 1 meanwhile (ABI 1.2 set_num_threads).  Batched steps,
+     * and second-order MAML unbatched with stop_gradients off (whose graph
+     * spans every task), run on the caller's thread only. */
+    int threads;                                       /* 0 */
 } metastep_options;
 
 #define METASTEP_OPTIONS_DEFAULT                                                            \
@@ -61,7 +73,7 @@ typedef struct metastep_options {
                         .batched = true, .inner_v = NULL, .keep_inner_v = true,            \
                         .outer_v = NULL, .keep_outer_v = true,                             \
                         .return_inner_v = METASTEP_RETURN_INNER_NONE, .num_tasks = 0,      \
-                        .stop_gradients = true, .user = NULL})
+                        .stop_gradients = true, .user = NULL, .threads = 0})
 
 /* Only what Ivy's reptile_step takes. */
 typedef struct metastep_reptile_options {
@@ -71,12 +83,14 @@ typedef struct metastep_reptile_options {
     int num_tasks;                                     /* 0: the batch's leading dimension */
     bool stop_gradients;                               /* true */
     void *user;
+    int threads; /* 0: one thread; as metastep_options.threads */
 } metastep_reptile_options;
 
 #define METASTEP_REPTILE_OPTIONS_DEFAULT                                                     \
     ((metastep_reptile_options){.inner_optimization_step = NULL, .batched = true,            \
                                 .return_inner_v = METASTEP_RETURN_INNER_NONE,                \
-                                .num_tasks = 0, .stop_gradients = true, .user = NULL})
+                                .num_tasks = 0, .stop_gradients = true, .user = NULL,   \
+                                .threads = 0})
 
 /* What a meta step gives back.  Every member is owned by the caller and
  * survives scope pops: release them with metastep_result_release. */
@@ -88,6 +102,12 @@ typedef struct metastep_result {
 
 /* Release every member and set them to NULL.  NULL-safe. */
 void metastep_result_release(metastep_result *r);
+
+/* Stop and join the worker threads of the meta steps' pool (see
+ * metastep_options.threads) and free what they hold.  Optional: the pool is
+ * also joined at process exit.  Must not run while a step is running; a later
+ * step with threads > 1 starts a new pool. */
+void metastep_shutdown_threads(void);
 
 /* One step of second-order MAML: the whole inner procedure is differentiated
  * with respect to the outer variables, through every inner update.
