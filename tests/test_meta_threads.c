@@ -1,0 +1,306 @@
+/* The meta steps on several threads (metastep_options.threads): cost,
+ * gradients and adapted variables are bit-identical (memcmp) to one thread
+ * for 1, 2, 3 and 4 threads, for MAML, FOMAML and Reptile, batched and
+ * unbatched, with and without inner_v masks, batch functions, stop_gradients
+ * and variables that already require a gradient; an error in one task gives
+ * the status and message of one thread (the first failing task in task
+ * order wins); nothing leaks.  Runs once per backend (METASTEP_BACKEND), and
+ * under AddressSanitizer and ThreadSanitizer in scripts/test. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metastep/metastep.h"
+#include "testutil.h"
+
+enum { T = 6, P = 5, D = 3, H = 4 };
+
+static void put(ms_container *c, const char *key, ms_tensor *t)
+{
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(ms_container_set(c, key, t), MS_OK);
+    ms_release(t);
+}
+
+/* pred = tanh(x @ l/w + l/b) @ h/w; cost = mean((pred - y)^2) */
+static ms_tensor *cost_on(const ms_container *b, const ms_container *v, const char *x,
+                          const char *y)
+{
+    ms_tensor *hid = ms_tanh(ms_add(ms_matmul(ms_container_get(b, x), ms_container_get(v, "l/w")),
+                                    ms_container_get(v, "l/b")));
+    ms_tensor *pred = ms_matmul(hid, ms_container_get(v, "h/w"));
+    return ms_mean(ms_square(ms_sub(pred, ms_container_get(b, y))), 0, NULL, false);
+}
+
+/* Tasks whose id is in `failing` refuse (unbatched only: a sub-batch holds
+ * one id). */
+static int failing[2] = {-1, -1};
+
+static ms_tensor *inner_cost(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)u;
+    ms_tensor *id = ms_container_get(b, "id");
+    if (id && ms_tensor_numel(id) == 1) {
+        int t = (int)ms_tensor_item(id);
+        if (t == failing[0] || t == failing[1]) {
+            ms_record_error(MS_ERR_INVALID_ARG, "task %d refuses", t);
+            return NULL;
+        }
+    }
+    return cost_on(b, v, "xs", "ys");
+}
+
+static ms_tensor *outer_cost(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)u;
+    return cost_on(b, v, "xq", "yq");
+}
+
+static ms_container *halve(const ms_container *b, void *u)
+{
+    (void)u;
+    return ms_container_mul_scalar(b, 0.5);
+}
+
+static ms_container *make_batch(void)
+{
+    ms_container *b = ms_container_new();
+    int64_t sx[3] = {T, P, D}, sy[3] = {T, P, 1}, sid[2] = {T, 1};
+    put(b, "xs", ms_random_uniform(MS_F32, 3, sx, -1, 1, 1));
+    put(b, "ys", ms_random_uniform(MS_F32, 3, sy, -1, 1, 2));
+    put(b, "xq", ms_random_uniform(MS_F32, 3, sx, -1, 1, 3));
+    put(b, "yq", ms_random_uniform(MS_F32, 3, sy, -1, 1, 4));
+    put(b, "id", ms_arange(MS_F32, 0, T, 1));
+    ms_container *r = ms_container_new();
+    for (int i = 0; i < ms_container_size(b); i++) {
+        ms_tensor *t = ms_container_at(b, i);
+        if (strcmp(ms_container_key(b, i), "id") == 0)
+            put(r, "id", ms_reshape(t, 2, sid));
+        else
+            ck_assert_int_eq(ms_container_set(r, ms_container_key(b, i), t), MS_OK);
+    }
+    ms_container_release(b);
+    return r;
+}
+
+static ms_container *make_vars(bool requires_grad)
+{
+    ms_container *v = ms_container_new();
+    int64_t sw[2] = {D, H}, sb[1] = {H}, sh[2] = {H, 1};
+    ms_tensor *w = ms_random_uniform(MS_F32, 2, sw, -1, 1, 5);
+    ms_tensor *b = ms_random_uniform(MS_F32, 1, sb, -0.5, 0.5, 6);
+    ms_tensor *h = ms_random_uniform(MS_F32, 2, sh, -1, 1, 7);
+    if (requires_grad) {
+        put(v, "l/w", ms_variable(w));
+        put(v, "l/b", ms_variable(b));
+        put(v, "h/w", ms_variable(h));
+        ms_release(w);
+        ms_release(b);
+        ms_release(h);
+    } else {
+        put(v, "l/w", w);
+        put(v, "l/b", b);
+        put(v, "h/w", h);
+    }
+    return v;
+}
+
+typedef struct cfg {
+    int alg; /* 0 maml, 1 fomaml, 2 reptile */
+    bool batched, mask, batch_fn, stop, avg, rg;
+    metastep_return_inner ret;
+} cfg;
+
+static const char *const head_only[] = {"h/w", NULL};
+
+static ms_status step(const cfg *c, const ms_container *batch, const ms_container *vars,
+                      int threads, metastep_result *r)
+{
+    if (c->alg == 2) {
+        metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
+        o.batched = c->batched;
+        o.return_inner_v = c->ret;
+        o.stop_gradients = c->stop;
+        o.threads = threads;
+        return metastep_reptile_step(batch, inner_cost, vars, 2, 0.1, &o, r);
+    }
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.batched = c->batched;
+    o.inner_v = c->mask ? head_only : NULL;
+    o.inner_batch_fn = c->batch_fn ? halve : NULL;
+    o.outer_batch_fn = c->batch_fn ? halve : NULL;
+    o.average_across_steps = c->avg;
+    o.return_inner_v = c->ret;
+    o.stop_gradients = c->stop;
+    o.threads = threads;
+    return (c->alg == 0 ? metastep_maml_step : metastep_fomaml_step)(batch, inner_cost, outer_cost,
+                                                                      vars, 2, 0.1, &o, r);
+}
+
+static bool same_tensor(const ms_tensor *a, const ms_tensor *b)
+{
+    if (!a || !b)
+        return a == b;
+    if (ms_tensor_dtype(a) != ms_tensor_dtype(b) || ms_tensor_numel(a) != ms_tensor_numel(b) ||
+        ms_tensor_ndim(a) != ms_tensor_ndim(b))
+        return false;
+    return memcmp(ms_tensor_data(a), ms_tensor_data(b),
+                  (size_t)ms_tensor_numel(a) * ms_dtype_size(ms_tensor_dtype(a))) == 0;
+}
+
+static bool same_container(const ms_container *a, const ms_container *b)
+{
+    if (!a || !b)
+        return a == b;
+    if (ms_container_size(a) != ms_container_size(b))
+        return false;
+    for (int i = 0; i < ms_container_size(a); i++)
+        if (strcmp(ms_container_key(a, i), ms_container_key(b, i)) != 0 ||
+            !same_tensor(ms_container_at(a, i), ms_container_at(b, i)))
+            return false;
+    return true;
+}
+
+static int ncases;
+
+static void check_case(const cfg *c)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(c->rg);
+    metastep_result ref;
+    const char *msg = NULL;
+    ms_status st = step(c, batch, vars, 0, &ref);
+    ms_last_error(&msg);
+    ck_assert_msg(st == MS_OK, "threads 0: %s", msg);
+    for (int th = 1; th <= 4; th++) {
+        metastep_result r;
+        st = step(c, batch, vars, th, &r);
+        ms_last_error(&msg);
+        ck_assert_msg(st == MS_OK, "threads %d: %s", th, msg);
+        ck_assert_msg(same_tensor(ref.cost, r.cost) && same_container(ref.grads, r.grads) &&
+                          same_container(ref.inner_v, r.inner_v),
+                      "alg %d batched %d mask %d batch_fn %d stop %d avg %d rg %d ret %d: "
+                      "threads %d differs from threads 0 (cost %.9g vs %.9g)",
+                      c->alg, c->batched, c->mask, c->batch_fn, c->stop, c->avg, c->rg,
+                      (int)c->ret, th, ms_tensor_item(ref.cost), ms_tensor_item(r.cost));
+        metastep_result_release(&r);
+    }
+    metastep_result_release(&ref);
+    ms_container_release(batch);
+    ms_container_release(vars);
+    ncases++;
+}
+
+START_TEST(bit_identical)
+{
+    /* _i: the algorithm; the other options over their whole product */
+    for (int m = 0; m < 64; m++) {
+        cfg c = {.alg = _i, .batched = m & 1, .mask = m & 2, .batch_fn = m & 4, .stop = !(m & 8),
+                 .avg = m & 16, .rg = m & 32, .ret = (metastep_return_inner)(m % 3)};
+        if (c.alg == 2 && (c.mask || c.batch_fn || c.avg))
+            continue; /* Reptile takes none of these */
+        check_case(&c);
+    }
+    ck_assert_int_gt(ncases, 0);
+}
+END_TEST
+
+/* Tasks 2 and 4 fail: task 2's message, whatever thread got there first. */
+START_TEST(first_failing_task_wins)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(false);
+    failing[0] = 2;
+    failing[1] = 4;
+    for (int alg = 0; alg < 3; alg++) {
+        cfg c = {.alg = alg, .stop = true};
+        metastep_result r;
+        ms_clear_error();
+        ms_status st0 = step(&c, batch, vars, 0, &r);
+        const char *m = NULL;
+        ms_last_error(&m);
+        char msg0[1024];
+        snprintf(msg0, sizeof msg0, "%s", m);
+        ck_assert_int_ne(st0, MS_OK);
+        ck_assert_ptr_null(r.cost);
+        ck_assert_ptr_nonnull(strstr(msg0, "task 2 refuses"));
+        for (int th = 1; th <= 4; th++) {
+            for (int rep = 0; rep < 5; rep++) {
+                ms_clear_error();
+                ms_status st = step(&c, batch, vars, th, &r);
+                ms_last_error(&m);
+                ck_assert_int_eq(st, st0);
+                ck_assert_str_eq(m, msg0);
+                ck_assert_ptr_null(r.cost);
+                ck_assert_ptr_null(r.grads);
+                ck_assert_ptr_null(r.inner_v);
+            }
+        }
+    }
+    failing[0] = failing[1] = -1;
+    ms_clear_error();
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
+/* Workers compute on the caller's backend: its thread override too. */
+START_TEST(workers_follow_the_callers_backend)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(false);
+    cfg c = {.alg = 0, .stop = true, .ret = METASTEP_RETURN_INNER_ALL};
+    ck_assert_int_eq(metastep_set_thread_backend("ref"), MS_OK);
+    metastep_result a, b;
+    ck_assert_int_eq(step(&c, batch, vars, 0, &a), MS_OK);
+    ck_assert_int_eq(step(&c, batch, vars, 3, &b), MS_OK);
+    ck_assert_int_eq(metastep_unset_thread_backend(), MS_OK);
+    ck_assert(same_tensor(a.cost, b.cost) && same_container(a.grads, b.grads) &&
+              same_container(a.inner_v, b.inner_v));
+    metastep_result_release(&a);
+    metastep_result_release(&b);
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
+START_TEST(negative_threads_refused)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(false);
+    cfg c = {.alg = 1};
+    metastep_result r;
+    ck_assert_int_eq(step(&c, batch, vars, -1, &r), MS_ERR_INVALID_ARG);
+    ms_clear_error();
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
+/* The pool can be shut down and started again. */
+START_TEST(shutdown_and_restart)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(false);
+    cfg c = {.alg = 1, .stop = true};
+    for (int k = 0; k < 3; k++) {
+        metastep_result r;
+        ck_assert_int_eq(step(&c, batch, vars, 2 + k, &r), MS_OK);
+        metastep_result_release(&r);
+        metastep_shutdown_threads();
+    }
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("meta_threads");
+    TCase *tc = tcase_create("threads");
+    tcase_add_checked_fixture(tc, setup_live, teardown_live);
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, bit_identical, 0, 3);
+    tcase_add_test(tc, first_failing_task_wins);
+    tcase_add_test(tc, workers_follow_the_callers_backend);
+    tcase_add_test(tc, negative_threads_refused);
+    tcase_add_test(tc, shutdown_and_restart);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
