@@ -92,9 +92,12 @@ static bool collect(ms_tensor *y, sweep *s, uint64_t gen, uint64_t min_level)
         }
         sn--;
         bool rel = (t->pending & MARK_WRT) != 0;
+        /* inputs below min_level were not walked: they carry no mark, and
+         * they may be shared with an ms_grad running on another thread
+         * (the meta steps' workers), so they are not even read */
         for (int j = 0; t->node && j < node_arity(t->node); j++) {
             ms_tensor *in = node_input(t->node, j);
-            rel = rel || (in && (in->pending & MARK_RELEVANT));
+            rel = rel || (in && in->level >= min_level && (in->pending & MARK_RELEVANT));
         }
         if (rel)
             t->pending |= MARK_RELEVANT;
@@ -123,9 +126,14 @@ static ms_status accumulate(ms_tensor *t, ms_tensor *g)
  * lies at or below it.  Inputs that collect() did not walk (shallower than
  * every wrt tensor) have no marks, so they never receive one, and no state
  * is left on a tensor the clean-up does not visit. */
-static bool wanted(const ms_tensor *in) { return in && (in->pending & MARK_RELEVANT); }
+static bool wanted(const ms_tensor *in, uint64_t min_level)
+{
+    /* the level first: an input that was not walked may be shared with an
+     * ms_grad on another thread, so its marks are not read */
+    return in && in->level >= min_level && (in->pending & MARK_RELEVANT);
+}
 
-static ms_status backward_sweep(sweep *s, bool create_graph)
+static ms_status backward_sweep(sweep *s, bool create_graph, uint64_t min_level)
 {
     for (size_t k = s->n; k-- > 0;) {
         ms_tensor *t = s->order[k];
@@ -148,7 +156,7 @@ static ms_status backward_sweep(sweep *s, bool create_graph)
         }
         bool down = false; /* does a wrt tensor lie below t? */
         for (int j = 0; j < arity; j++) {
-            want[j] = wanted(node_input(n, j));
+            want[j] = wanted(node_input(n, j), min_level);
             down = down || want[j];
         }
         ms_status st = MS_OK;
@@ -258,15 +266,16 @@ ms_status ms_grad_seeded(const ms_tensor *y, const ms_tensor *seed, const ms_con
         if (t->graph_freed)
             st = ms__fail(MS_ERR_GRAPH, "%s: y depends on a tensor whose graph was already "
                           "consumed by an ms_grad without create_graph", fn);
+        /* only walked inputs: a mark on any other would outlive this call */
         for (int j = 0; t->node && j < node_arity(t->node); j++) {
             ms_tensor *in = node_input(t->node, j);
-            if (in)
+            if (in && in->level >= min_level)
                 in->pending |= MARK_REACH;
         }
     }
     if (st == MS_OK && yy->requires_grad) {
         yy->gacc = seed ? ms_reshape(seed, y->ndim, y->shape) : ms_ones(y->dtype, y->ndim, y->shape);
-        st = yy->gacc ? backward_sweep(&s, create_graph) : ms_last_error(NULL);
+        st = yy->gacc ? backward_sweep(&s, create_graph, min_level) : ms_last_error(NULL);
     }
     ms_tensor **results = calloc((size_t)nw + 1, sizeof *results);
     if (!results && st == MS_OK)

@@ -375,10 +375,11 @@ typedef struct unbatched {
 } unbatched;
 
 /* vars with every tensor that requires a gradient replaced by a private
- * stand-in, x * 1 (exact, and recorded so that the stand-in leads back to
- * the original).  ms_grad marks the tensors it walks (visit, pending,
- * gacc); tasks running at once must not share any, and the level cut-off
- * stops every walk at the stand-ins. */
+ * leaf copy (same values).  ms_grad marks the tensors it walks (visit,
+ * pending, gacc), so tasks running at once must not share one that a walk
+ * can reach; a leaf copy cuts the graph there.  Used only when the results
+ * are detached anyway (stop_gradients), so losing the path back to the
+ * caller's variables changes nothing that is returned. */
 static ms_container *stand_ins(const ms_container *vars)
 {
     ms_container *out = ms_container_new();
@@ -386,7 +387,7 @@ static ms_container *stand_ins(const ms_container *vars)
         ms_tensor *t = ms_container_at(vars, i);
         const char *key = ms_container_key(vars, i);
         ms_status st = ms_requires_grad(t)
-                           ? ms__container_adopt(out, "meta", key, ms_mul_scalar(t, 1.0))
+                           ? ms__container_adopt(out, "meta", key, ms_variable(t))
                            : ms_container_set(out, key, t);
         if (st != MS_OK) {
             ms_container_release(out);
@@ -501,10 +502,16 @@ static ms_status run_unbatched(unbatched *u, ms_tensor **cost, ms_container **gr
     ms_status st = MS_OK;
     if (!(u->adapted = calloc((size_t)n, sizeof *u->adapted)))
         return ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
-    /* Second order with stop_gradients off keeps one graph over every task,
-     * differentiated at the end: its sweep would add up the tasks'
-     * contributions in another order through stand-ins, so it stays here. */
-    bool parallel = c->threads > 1 && n > 1 && !(c->order == 2 && !c->per_task_wrt);
+    /* With stop_gradients off the results keep their graph back to the
+     * caller's variables.  When those require a gradient (always, for
+     * second order: the outer variables), every task's graph reaches the
+     * same tensors and concurrent ms_grad walks would mark them at once; so
+     * then the tasks run here, one after another. */
+    bool shared = false;
+    for (int i = 0; i < ms_container_size(u->variables); i++)
+        shared |= ms_requires_grad(ms_container_at(u->variables, i));
+    bool parallel = c->threads > 1 && n > 1 &&
+                    (c->order == 2 ? c->per_task_wrt != NULL : c->stop || !shared);
     if (!parallel) {
         /* one task at a time: only one task's graph is alive at once */
         for (int t = 0; st == MS_OK && t < n; t++) {
@@ -515,8 +522,7 @@ static ms_status run_unbatched(unbatched *u, ms_tensor **cost, ms_container **gr
             task_out_release(&o);
         }
     } else {
-        for (int i = 0; i < ms_container_size(u->variables); i++)
-            u->private_vars |= ms_requires_grad(ms_container_at(u->variables, i));
+        u->private_vars = shared;
         if (!(u->slots = calloc((size_t)n, sizeof *u->slots)))
             st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
         if (st == MS_OK) {
