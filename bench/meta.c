@@ -22,7 +22,12 @@
  * usage: bench-meta [--backends ref,openblas,onednn] [--algos maml,fomaml,reptile]
  *                   [--steps 1,5] [--modes loop,batched] [--repeats N]
  *                   [--target SECONDS] [--n N] [--inner-v K,K] [--quick] [--json]
- *                   [--only ALGO:STEPS:MODE:BACKEND] [--dump DIR]
+ *                   [--only ALGO:STEPS:MODE:BACKEND] [--dump DIR] [--threads N]
+ *
+ * --threads N (N > 1): every configuration and backend runs twice, with one
+ * thread and with metastep_options.threads = N (the tasks of an unbatched
+ * step on N threads; batched steps stay on one), interleaved, and the N-thread
+ * row reports its speed-up over the one-thread row.
  *
  * --dump DIR does no timing: it writes the initial variables, the first
  * meta-batch and, per configuration and backend, the first meta-step's cost,
@@ -66,12 +71,14 @@ typedef struct options {
     double target;
     long fixed_n; /* --n: steps per repeat, no calibration (0: calibrate) */
     const char *dump; /* --dump DIR: write the first step's inputs and outputs, no timing */
+    int threads;      /* --threads N: also run every configuration on N threads */
     bool quick, json, only;
 } options;
 
 /* What one (configuration, backend) pair keeps across repeats. */
 typedef struct run {
     const char *backend;
+    int threads; /* metastep_options.threads */
     bool ok;
     ms_container *vars;
     metastep_optim_state *opt;
@@ -192,6 +199,7 @@ static int parse_mode(const char *s, size_t len)
 /* --inner-v: the key chains that adapt in maml/fomaml (ANIL: l3/w,l3/b);
  * NULL-terminated, or NULL for all. */
 static char g_inner_v_buf[256];
+static int g_threads; /* the threads of the run being timed */
 static const char *g_inner_v[8];
 static bool g_has_inner_v;
 
@@ -205,11 +213,13 @@ static ms_status meta_step(const ms_container *vars, algo a, int steps, bool bat
     if (st == MS_OK && a == ALGO_REPTILE) {
         metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
         o.batched = batched;
+        o.threads = g_threads;
         st = metastep_reptile_step(batch, g_task->inner_cost, v, steps, INNER_LR, &o, res);
     } else if (st == MS_OK) {
         metastep_options o = METASTEP_OPTIONS_DEFAULT;
         o.batched = batched;
         o.inner_v = g_has_inner_v ? g_inner_v : NULL;
+        o.threads = g_threads;
         st = (a == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, g_task->inner_cost, g_task->outer_cost, v, steps, INNER_LR, &o, res);
     }
@@ -381,25 +391,31 @@ static void finish_run(run *r, int repeats)
     r->opt = NULL;
 }
 
+/* Runs per configuration: each backend once, or twice with --threads N. */
+static int nruns(const options *o) { return o->nbackends * (o->threads > 1 ? 2 : 1); }
+
 /* One configuration on every backend: calibrate each, then interleave. */
 static void bench_config(const options *o, algo a, int steps, bool batched, run *runs)
 {
-    for (int b = 0; b < o->nbackends; b++) {
-        runs[b] = (run){.backend = o->backends[b]};
-        if (!push_backend(o->backends[b]))
+    const int per = o->threads > 1 ? 2 : 1, nr = nruns(o);
+    for (int b = 0; b < nr; b++) {
+        runs[b] = (run){.backend = o->backends[b / per], .threads = b % per ? o->threads : 1};
+        if (!push_backend(runs[b].backend))
             continue;
+        g_threads = runs[b].threads;
         runs[b].ok = prepare(&runs[b], a, steps, batched, o);
         if (!runs[b].ok)
             fail_ms("meta-step failed");
         metastep_unset_backend();
     }
     for (int rep = 0; rep < o->repeats; rep++) {
-        for (int b = 0; b < o->nbackends; b++) {
+        for (int b = 0; b < nr; b++) {
             run *r = &runs[b];
             if (!r->ok || !push_backend(r->backend)) {
                 r->ok = false;
                 continue;
             }
+            g_threads = r->threads;
             double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
             r->ok = run_steps(r, a, steps, batched, r->n);
             r->wall[rep] = clock_s(CLOCK_MONOTONIC) - w0;
@@ -409,7 +425,7 @@ static void bench_config(const options *o, algo a, int steps, bool batched, run 
             metastep_unset_backend();
         }
     }
-    for (int b = 0; b < o->nbackends; b++)
+    for (int b = 0; b < nr; b++)
         if (runs[b].ok)
             finish_run(&runs[b], o->repeats);
         else {
@@ -418,6 +434,16 @@ static void bench_config(const options *o, algo a, int steps, bool batched, run 
             runs[b].vars = NULL;
             runs[b].opt = NULL;
         }
+}
+
+/* The speed-up of run r over the one-thread run of its backend (just before
+ * it), or 0 when r is a one-thread run. */
+static double speedup(const run *runs, int b)
+{
+    const run *r = &runs[b];
+    if (r->threads <= 1 || b == 0 || !runs[b - 1].ok || runs[b - 1].rate <= 0)
+        return 0;
+    return r->rate / runs[b - 1].rate;
 }
 
 /* ------------------------------------------------------------ options */
@@ -441,7 +467,9 @@ static void usage(FILE *f)
             "  --dump DIR          no timing: write the initial variables, the first meta-batch\n"
             "                      and each configuration's first meta-gradient (and Adam update)\n"
             "                      as safetensors files in DIR\n"
-            "  --only ALGO:STEPS:MODE:BACKEND   one configuration (for its own peak RSS)\n");
+            "  --only ALGO:STEPS:MODE:BACKEND   one configuration (for its own peak RSS)\n"
+            "  --threads N         also run each configuration with N threads (options.threads)\n"
+            "                      and report the speed-up over one thread\n");
 }
 
 /* Split a comma-separated list; each item goes through fn. */
@@ -563,6 +591,11 @@ static int parse(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--n")) {
             o->fixed_n = atol(v);
             ok = o->fixed_n >= 1 && o->fixed_n <= (1L << 30);
+        } else if (!strcmp(a, "--threads")) {
+            char *end;
+            long t = strtol(v, &end, 10);
+            ok = *end == '\0' && t >= 1 && t <= 256;
+            o->threads = (int)t;
         } else if (!strcmp(a, "--dump")) {
             o->dump = v;
             ok = *v != '\0';
@@ -656,13 +689,14 @@ int main(int argc, char **argv)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (!o.json) {
         print_machine_text(cpu, cores, load, &o);
-        printf("\n%-8s %5s %-8s %-9s %10s %10s %8s %7s %10s\n", "algo", "inner", "mode", "backend",
-               "steps/s", "cpu-st/s", "cpu/wall", "N", "cost");
+        printf("\n%-8s %5s %-8s %-9s %3s %10s %10s %8s %7s %10s %8s\n", "algo", "inner", "mode",
+               "backend", "thr", "steps/s", "cpu-st/s", "cpu/wall", "N", "cost", "speed-up");
         fflush(stdout);
     }
 
     int ncfg = o.nalgos * o.nsteps * o.nmodes;
-    run *all = calloc((size_t)ncfg * (size_t)o.nbackends, sizeof *all);
+    const int nr = nruns(&o);
+    run *all = calloc((size_t)ncfg * (size_t)nr, sizeof *all);
     if (!all)
         return 1;
     int c = 0;
@@ -672,21 +706,26 @@ int main(int argc, char **argv)
                 algo a = (algo)o.algos[ia];
                 int steps = o.steps[is];
                 bool batched = o.modes[im] == 1;
-                run *runs = all + (size_t)c * (size_t)o.nbackends;
+                run *runs = all + (size_t)c * (size_t)nr;
                 bench_config(&o, a, steps, batched, runs);
                 if (o.json)
                     continue;
-                for (int b = 0; b < o.nbackends; b++) {
+                for (int b = 0; b < nr; b++) {
                     run *r = &runs[b];
                     if (!r->ok) {
-                        printf("%-8s %5d %-8s %-9s %10s\n", algo_names[a], steps,
-                               mode_names[batched], r->backend, "failed");
+                        printf("%-8s %5d %-8s %-9s %3d %10s\n", algo_names[a], steps,
+                               mode_names[batched], r->backend, r->threads, "failed");
                         continue;
                     }
-                    printf("%-8s %5d %-8s %-9s %10.1f %10.1f %8.2f %7ld %10.4g\n", algo_names[a],
-                           steps, mode_names[batched], r->backend, r->rate, r->cpu_rate,
+                    printf("%-8s %5d %-8s %-9s %3d %10.1f %10.1f %8.2f %7ld %10.4g", algo_names[a],
+                           steps, mode_names[batched], r->backend, r->threads, r->rate,
+                           r->cpu_rate,
                            r->rate > 0 ? r->cpu_rate > 0 ? r->rate / r->cpu_rate : 0 : 0, r->n,
                            r->last_cost);
+                    double su = speedup(runs, b);
+                    if (su > 0)
+                        printf(" %7.2fx", su);
+                    printf("\n");
                 }
                 fflush(stdout);
             }
@@ -726,8 +765,8 @@ int main(int argc, char **argv)
         for (int ia = 0; ia < o.nalgos; ia++)
             for (int is = 0; is < o.nsteps; is++)
                 for (int im = 0; im < o.nmodes; im++, c++)
-                    for (int b = 0; b < o.nbackends; b++) {
-                        run *r = &all[(size_t)c * (size_t)o.nbackends + (size_t)b];
+                    for (int b = 0; b < nr; b++) {
+                        run *r = &all[(size_t)c * (size_t)nr + (size_t)b];
                         printf("%s\n    {\"algo\": \"%s\", \"inner_steps\": %d, \"mode\": \"%s\", "
                                "\"backend\": ",
                                first ? "" : ",", algo_names[o.algos[ia]], o.steps[is],
@@ -738,6 +777,9 @@ int main(int argc, char **argv)
                             printf(", \"ok\": false}");
                             continue;
                         }
+                        printf(", \"threads\": %d", r->threads);
+                        if (speedup(all + (size_t)c * (size_t)nr, b) > 0)
+                            printf(", \"speedup\": %.3f", speedup(all + (size_t)c * (size_t)nr, b));
                         printf(", \"ok\": true, \"steps_per_s\": %.3f, \"cpu_steps_per_s\": %.3f, "
                                "\"n\": %ld, \"repeat_seconds\": [",
                                r->rate, r->cpu_rate, r->n);
@@ -748,7 +790,7 @@ int main(int argc, char **argv)
         printf("\n  ]\n}\n");
     }
     bool any_failed = false;
-    for (int i = 0; i < ncfg * o.nbackends; i++)
+    for (int i = 0; i < ncfg * nr; i++)
         any_failed |= !all[i].ok;
     free(all);
     for (int i = 0; i < NBATCHES; i++)
