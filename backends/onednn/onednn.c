@@ -300,9 +300,17 @@ static void entry_build_hint(prim_entry *e, const_dnnl_op_desc_t op_desc,
          * falls back to when no JIT kernel fits, e.g. a reduction over axes
          * (0,2,3) of batch norm's (75,32,28,28)) are far slower than
          * metastep's ref: leave this configuration to ref (prim NULL). */
+        static pthread_mutex_t impl_lock = PTHREAD_MUTEX_INITIALIZER;
         const char *impl = NULL;
-        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
-            !impl || strncmp(impl, "ref", 3) == 0)
+        /* oneDNN may share one implementation among equal descriptors made
+         * on several threads; its info string is not documented as safe to
+         * query concurrently (ThreadSanitizer flagged it once) */
+        pthread_mutex_lock(&impl_lock);
+        bool ref_impl = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) !=
+                            dnnl_success ||
+                        !impl || strncmp(impl, "ref", 3) == 0;
+        pthread_mutex_unlock(&impl_lock);
+        if (ref_impl)
             smd = NULL;
         if (smd) {
             e->scratch_md = *smd;
