@@ -90,24 +90,43 @@ static void show(const char *name, const char *path, void *user)
     l->n++;
 }
 
+typedef struct backends_opts {
+    bool json, help;
+} backends_opts;
+
+static bool backends_opt(void *user, int id, const char *value)
+{
+    (void)value;
+    backends_opts *o = user;
+    if (id == 'j')
+        o->json = true;
+    else if (id == 'h')
+        o->help = true;
+    else
+        return false;
+    return true;
+}
+
 int cmd_backends(int argc, char **argv)
 {
     listing l = {false, 0, 0};
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
-            l.json = true;
-        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: metastep backends [--json]\n\n"
-                   "Lists every backend on the search path with its description, file, ABI\n"
-                   "version and the kernel families it serves natively (the rest are served\n"
-                   "by the reference backend).  Exits 1 when the default backend\n"
-                   "(METASTEP_BACKEND, else ref) cannot be loaded.\n");
-            return 0;
-        } else {
-            fprintf(stderr, "metastep backends: unknown option '%s' (try --help)\n", argv[i]);
-            return 2;
-        }
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    backends_opts o = {false, false};
+    if (util_parse_options("backends", argc, argv, opts, backends_opt, NULL, &o) != 0)
+        return 2;
+    if (o.help) {
+        printf("usage: metastep backends [--json]\n\n"
+               "Lists every backend on the search path with its description, file, ABI\n"
+               "version and the kernel families it serves natively (the rest are served\n"
+               "by the reference backend).  Exits 1 when the default backend\n"
+               "(METASTEP_BACKEND, else ref) cannot be loaded.\n"
+               "\n"
+               "  --json  print the list as JSON\n"
+               "  --help  this text\n");
+        return 0;
     }
+    l.json = o.json;
     if (l.json)
         printf("{\"backends\": [");
     metastep_list_backends(show, &l);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "util.h"
 #include "conformance.h"
 
 static void conformance_usage(FILE *f)
@@ -23,43 +24,52 @@ static void conformance_usage(FILE *f)
             "  --family NAME        run only this family (repeatable): unary, binary, reduce,\n"
             "                       gemm, copy, softmax, fill, arange, where, ops, grad,\n"
             "                       gradcheck, threads, conv\n"
-            "  --quiet              print only the failing rows and the summary\n");
+            "  --quiet, -q          print only the failing rows and the summary\n"
+            "  --help               this text\n");
+}
+
+typedef struct conf_opts {
+    const char *backend;
+    const char **families;
+    int nfam;
+    bool quiet, help;
+} conf_opts;
+
+static bool conformance_opt(void *user, int id, const char *value)
+{
+    conf_opts *o = user;
+    switch (id) {
+    case 'b': o->backend = value; return true;
+    case 'f': o->families[o->nfam++] = value; return true;
+    case 'q': o->quiet = true; return true;
+    case 'h': o->help = true; return true;
+    default: return false;
+    }
 }
 
 int cmd_conformance(int argc, char **argv)
 {
-    const char *backend = NULL;
-    bool quiet = false;
+    static const struct option opts[] = {
+        {"backend", required_argument, NULL, 'b'}, {"family", required_argument, NULL, 'f'},
+        {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char **families = calloc((size_t)argc + 1, sizeof *families);
-    int nfam = 0;
     if (!families) {
         fprintf(stderr, "metastep conformance: out of memory\n");
         return 2;
     }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            conformance_usage(stdout);
-            free(families);
-            return 0;
-        } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
-            quiet = true;
-        } else if ((strcmp(a, "--backend") == 0 || strcmp(a, "--family") == 0) && i + 1 < argc) {
-            if (a[2] == 'b')
-                backend = argv[++i];
-            else
-                families[nfam++] = argv[++i];
-        } else if (strncmp(a, "--backend=", 10) == 0) {
-            backend = a + 10;
-        } else if (strncmp(a, "--family=", 9) == 0) {
-            families[nfam++] = a + 9;
-        } else {
-            fprintf(stderr, "metastep conformance: unexpected argument '%s'\n\n", a);
-            conformance_usage(stderr);
-            free(families);
-            return 2;
-        }
+    conf_opts o = {.families = families};
+    if (util_parse_options("conformance", argc, argv, opts, conformance_opt, NULL, &o) != 0) {
+        free(families);
+        return 2;
     }
+    if (o.help) {
+        conformance_usage(stdout);
+        free(families);
+        return 0;
+    }
+    const char *backend = o.backend;
+    bool quiet = o.quiet;
+    int nfam = o.nfam;
     if (!backend) {
         fprintf(stderr, "metastep conformance: --backend is required\n\n");
         conformance_usage(stderr);

@@ -13,6 +13,7 @@
 
 #include "metastep/metastep.h"
 #include "cli.h"
+#include "runlog.h"
 #include "util.h"
 
 #ifdef MS_HAVE_PLOT
@@ -33,11 +34,12 @@ typedef struct config {
     long meta_steps;
     int meta_batch, inner_steps, k, eval_tasks, eval_every;
     double inner_lr, outer_lr;
-    bool outer_adam, batched, quiet;
+    bool outer_adam, batched, quiet, force_resume, overwrite;
     uint64_t seed;
     ms_dtype dtype;
     /* --key value pairs the command does not know: the task's options */
-    const char *opt_key[MAX_TASK_OPTS], *opt_val[MAX_TASK_OPTS];
+    const char *opt_key[MAX_TASK_OPTS], *opt_val[MAX_TASK_OPTS]; /* value may be NULL */
+    char opt_buf[MAX_TASK_OPTS][64];
     int nopts;
 } config;
 
@@ -84,9 +86,21 @@ static void train_usage(FILE *f)
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
         "  --eval-tasks N       held-out tasks for evaluations                    [100]\n"
         "  --out DIR            output directory (created)                        [out]\n"
-        "  --resume DIR         continue the run whose checkpoint is in DIR (same flags)\n"
-        "  --quiet              no progress output\n"
+        "  --resume DIR         continue the run whose checkpoint is in DIR, writing there;\n"
+        "                       the checkpoint records the flags: a resume with other\n"
+        "                       flags (algo, optimizer, rates, steps, task options...) is\n"
+        "                       refused, naming them\n"
+        "  --force-resume       resume even though the flags differ from the checkpoint's\n"
+        "  --overwrite          replace the run already in --out DIR (without it a\n"
+        "                       directory holding a log.csv is refused)\n"
+        "  --quiet, -q          no progress output\n"
         "  --help               this text\n"
+        "\n"
+        "Exit status: 0 done; 1 error; 2 bad flags (or a resume with other flags);\n"
+        "3 the run diverged (non-finite loss, or over 1e6 times the first): the last\n"
+        "sound step's checkpoint and parameters are kept; 4 an output (checkpoint,\n"
+        "parameters, log, summary, plot) could not be written; 130 interrupted by\n"
+        "Ctrl-C, checkpoint written.  Non-finite numbers in summary.json are null.\n"
         "\n"
         "Any other --KEY VALUE is a task option, handed to the task plugin (ABI 1.1\n"
         "configure) before anything else; a task without options rejects it.\n"
@@ -128,8 +142,8 @@ static void eval_usage(FILE *f)
         "  --inner-lr X         adaptation learning rate                          [0.01]\n"
         "  --k N, --shots N     support (and query) points per task               [10]\n"
         "  --tasks N            held-out tasks                                    [100]\n"
-        "  --dtype D            float32 | float64                                 [float32]\n"
-        "  --json               print the result as JSON\n"
+        "  --dtype D            float32 | float64 (default: the dtype of --params)\n"
+        "  --json               print the result as JSON (NaN and infinities as null)\n"
         "  --help               this text\n"
         "Any other --KEY VALUE is a task option (see metastep train --help); give the\n"
         "same task options as for training (e.g. --ways, --filters, --data).\n"
@@ -181,7 +195,15 @@ static int configure_task(const char *cmd, const metastep_task *task, const char
                             "try --help)\n", cmd, keys[i], task->header.name);
             return 2;
         }
-        ms_status st = task->configure(keys[i], vals[i]);
+        ms_status st = task->configure(keys[i], vals[i] ? vals[i] : "");
+        if (!vals[i]) { /* "--key" with no value: unknown, or a task option missing its value */
+            fprintf(stderr, "metastep %s: %s '--%s'%s%s%s (try --help)\n", cmd,
+                    st == MS_ERR_KEY ? "unknown option" : "missing value for", keys[i],
+                    st == MS_ERR_KEY ? " (not an option of the task '" : "",
+                    st == MS_ERR_KEY ? task->header.name : "", st == MS_ERR_KEY ? "')" : "");
+            ms_clear_error();
+            return 2;
+        }
         if (st != MS_OK) {
             const char *msg = NULL;
             ms_last_error(&msg);
@@ -193,20 +215,6 @@ static int configure_task(const char *cmd, const metastep_task *task, const char
         }
     }
     return 0;
-}
-
-/* Record --KEY VALUE as a task option; false (with a message) when full. */
-static bool add_task_opt(const char *cmd, const char **keys, const char **vals, int *n,
-                         const char *a, const char *v)
-{
-    if (*n == MAX_TASK_OPTS || !a[2]) {
-        fprintf(stderr, "metastep %s: %s '%s' (try --help)\n", cmd,
-                a[2] ? "too many task options at" : "unexpected argument", a);
-        return false;
-    }
-    keys[*n] = a + 2;
-    vals[(*n)++] = v;
-    return true;
 }
 
 static bool setup_backend(const char *backend)
@@ -251,34 +259,6 @@ static void progress(const config *c, long step, long total, double rate, double
 /* --------------------------------------------------------------- plots */
 
 #ifdef MS_HAVE_PLOT
-static void write_curves(const char *dir, const double *steps, const double *train, long n,
-                         const double *es, const double *e0, const double *e1, int ne,
-                         const double *a0, const double *a1, bool accuracy)
-{
-    char path[4096], err[256];
-    snprintf(path, sizeof path, "%s/curves.png", dir);
-    plot_series s[3] = {
-        {.label = "meta-training loss (query, after adaptation)", .x = steps, .y = train,
-         .n = (int)n, .style = PLOT_LINE},
-        {.label = "held-out query loss, 0 steps", .x = es, .y = e0, .n = ne, .style = PLOT_DASHED},
-        {.label = "held-out query loss, 1 step", .x = es, .y = e1, .n = ne, .style = PLOT_LINE},
-    };
-    plot_series sa[2] = {
-        {.label = "held-out query accuracy, 0 steps", .x = es, .y = a0, .n = ne,
-         .style = PLOT_DASHED, .rgb = {1.000, 0.498, 0.055}},
-        {.label = "held-out query accuracy, 1 step", .x = es, .y = a1, .n = ne,
-         .style = PLOT_LINE, .rgb = {0.173, 0.627, 0.173}},
-    };
-    plot_panel p[2] = {
-        {.title = "meta-training", .xlabel = "meta-step", .ylabel = accuracy ? "loss" : "MSE",
-         .log_y = true, .series = s, .nseries = 3},
-        {.title = "held-out accuracy", .xlabel = "meta-step", .ylabel = "accuracy",
-         .ylim = {0, 1}, .series = sa, .nseries = 2},
-    };
-    if (plot_png(path, accuracy ? 1500 : 900, 560, p, accuracy ? 2 : 1, 2, err, sizeof err) != 0)
-        fprintf(stderr, "metastep: curves.png: %s\n", err);
-}
-
 /* Adapt shared variables on one task's support set with plain gradient descent. */
 typedef struct adapt_ctx {
     const metastep_task *task;
@@ -310,10 +290,10 @@ static ms_container *adapt(const metastep_task *task, const ms_container *sub,
     return cur;
 }
 
-static void write_fits(const config *c, const metastep_task *task, const ms_container *vars)
+static bool write_fits(const config *c, const metastep_task *task, const ms_container *vars)
 {
     if (!task->predict || !task->truth)
-        return;
+        return true;
     enum { NT = 4, NX = 200 };
     ms_scope_push();
     ms_container *batch = task->sample(NT, c->k, FITS_SEED, c->dtype);
@@ -322,7 +302,8 @@ static void write_fits(const config *c, const metastep_task *task, const ms_cont
     if (!batch || ms_container_unstack(batch, true, &n, &subs) != MS_OK) {
         ms_container_release(batch);
         ms_scope_pop();
-        return;
+        ms_clear_error();
+        return true;
     }
     ms_tensor *x = ms_reshape(ms_linspace(c->dtype, -5, 5, NX), 2, (int64_t[]){NX, 1});
     static double xs[NX], ys[NT][4][NX], px[NT][64], py[NT][64];
@@ -361,13 +342,15 @@ static void write_fits(const config *c, const metastep_task *task, const ms_cont
     }
     char path[4096], err[256];
     snprintf(path, sizeof path, "%s/fits.png", c->out);
-    if (plot_png(path, 1200, 900, panels, n < NT ? n : NT, 2, err, sizeof err) != 0)
+    bool ok = plot_png(path, 1200, 900, panels, n < NT ? n : NT, 2, err, sizeof err) == 0;
+    if (!ok)
         fprintf(stderr, "metastep: fits.png: %s\n", err);
     for (int i = 0; i < n; i++)
         ms_container_release(subs[i]);
     free(subs);
     ms_container_release(batch);
     ms_scope_pop();
+    return ok;
 }
 
 /* Index of the largest of the n values of row i of a (rows, n) tensor. */
@@ -383,10 +366,10 @@ static int argmax_row(const ms_tensor *t, int64_t i, int64_t n)
 /* A few held-out episodes of an image classification task: the support
  * images with their labels, then query images with the predicted label
  * before adaptation and after 1 and 10 steps (frame: right/wrong after 10). */
-static void write_episodes(const config *c, const metastep_task *task, const ms_container *vars)
+static bool write_episodes(const config *c, const metastep_task *task, const ms_container *vars)
 {
     if (!METASTEP_TASK_HAS_SLOT(task, sample_heldout) || !task->sample_heldout || !task->predict)
-        return;
+        return true;
     enum { NE = 3, MAXQ = 12, MAXS = 10, CELLS = MAXS + 1 + MAXQ };
     ms_scope_push();
     ms_container *batch = task->sample_heldout(NE, c->k, EPISODES_SEED, c->dtype);
@@ -396,7 +379,7 @@ static void write_episodes(const config *c, const metastep_task *task, const ms_
         ms_container_release(batch);
         ms_scope_pop();
         ms_clear_error();
-        return;
+        return true;
     }
     static plot_image cells[NE][CELLS];
     static char caps[NE][CELLS][2][48], titles[NE][128];
@@ -457,8 +440,9 @@ static void write_episodes(const config *c, const metastep_task *task, const ms_
     }
     char path[4096], err[256];
     snprintf(path, sizeof path, "%s/episodes.png", c->out);
-    if (nrows > 0 && plot_images_png(path, "held-out episodes (frame: right / wrong after 10 "
-                                     "steps)", rows, nrows, 96, err, sizeof err) != 0)
+    bool ok = nrows == 0 || plot_images_png(path, "held-out episodes (frame: right / wrong after "
+                                            "10 steps)", rows, nrows, 96, err, sizeof err) == 0;
+    if (!ok)
         fprintf(stderr, "metastep: episodes.png: %s\n", err);
     for (int e = 0; e < NE; e++)
         for (int i = 0; i < CELLS; i++)
@@ -469,16 +453,100 @@ static void write_episodes(const config *c, const metastep_task *task, const ms_
     ms_container_release(batch);
     ms_scope_pop();
     ms_clear_error();
+    return ok;
 }
 #endif
 
 /* ------------------------------------------------------- checkpointing */
 
-static ms_status save_checkpoint(const config *c, const ms_container *vars,
-                                 const metastep_optim_state *opt, long step)
+/* The configuration a checkpoint records, one "--flag=value" line each
+ * (task options too, sorted): what a resume must not change silently. */
+static char *config_text(const config *c, const metastep_task *task)
+{
+    char *lines[MAX_TASK_OPTS];
+    int n = 0;
+    for (int i = 0; i < c->nopts; i++) {
+        size_t len = strlen(c->opt_key[i]) + strlen(c->opt_val[i] ? c->opt_val[i] : "") + 8;
+        lines[n] = malloc(len);
+        if (!lines[n])
+            break;
+        snprintf(lines[n++], len, "--%s=%s\n", c->opt_key[i], c->opt_val[i] ? c->opt_val[i] : "");
+    }
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of options */
+        for (int j = i; j > 0 && strcmp(lines[j - 1], lines[j]) > 0; j--) {
+            char *t = lines[j];
+            lines[j] = lines[j - 1];
+            lines[j - 1] = t;
+        }
+    size_t cap = 1024;
+    for (int i = 0; i < n; i++)
+        cap += strlen(lines[i]);
+    char *text = malloc(cap);
+    if (text) {
+        int len = snprintf(text, cap, "--task=%s\n--algo=%s\n--outer-optim=%s\n--inner-steps=%d\n"
+                           "--inner-lr=%.17g\n--outer-lr=%.17g\n--meta-batch=%d\n--k=%d\n"
+                           "--batched=%s\n--seed=%llu\n--dtype=%s\n", task->header.name,
+                           algo_names[c->algo], c->outer_adam ? "adam" : "sgd", c->inner_steps,
+                           c->inner_lr, c->outer_lr, c->meta_batch, c->k,
+                           c->batched ? "yes" : "no", (unsigned long long)c->seed,
+                           ms_dtype_name(c->dtype));
+        for (int i = 0; i < n; i++)
+            len += snprintf(text + len, cap - (size_t)len, "%s", lines[i]);
+    }
+    for (int i = 0; i < n; i++)
+        free(lines[i]);
+    return text;
+}
+
+/* The value of "--flag=" in a config text (up to the newline), or NULL. */
+static const char *config_value(const char *text, const char *flag, int *len)
+{
+    size_t fl = strlen(flag);
+    for (const char *p = text; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        if (!strncmp(p, flag, fl) && p[fl] == '=') {
+            *len = (int)((nl ? nl : p + strlen(p)) - (p + fl + 1));
+            return p + fl + 1;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return NULL;
+}
+
+/* Append to msg the flags whose values differ between two config texts. */
+static int config_diff(const char *old, const char *now_text, char *msg, size_t cap)
+{
+    int ndiff = 0;
+    size_t used = strlen(msg);
+    const char *texts[2] = {old, now_text};
+    for (int t = 0; t < 2; t++)
+        for (const char *p = texts[t]; p && *p;) {
+            const char *nl = strchr(p, '\n'), *eq = strchr(p, '=');
+            if (!nl || !eq || eq > nl)
+                break;
+            char flag[128];
+            snprintf(flag, sizeof flag, "%.*s", (int)(eq - p), p);
+            int lo = 0, ln = 0;
+            const char *vo = config_value(old, flag, &lo), *vn = config_value(now_text, flag, &ln);
+            bool differ = !vo || !vn || lo != ln || strncmp(vo, vn, (size_t)lo) != 0;
+            if (differ && (t == 0 || !vo)) { /* report each flag once */
+                used += (size_t)snprintf(msg + used, used < cap ? cap - used : 0,
+                                         "%s%s was %.*s, now %.*s", ndiff ? "; " : "", flag,
+                                         vo ? lo : 11, vo ? vo : "(not given)", vn ? ln : 11,
+                                         vn ? vn : "(not given)");
+                if (used >= cap)
+                    used = cap - 1;
+                ndiff++;
+            }
+            p = nl + 1;
+        }
+    return ndiff;
+}
+
+static ms_status save_checkpoint(const config *c, const metastep_task *task,
+                                 const ms_container *vars, const ms_container *os, long step)
 {
     ms_container *ck = ms_container_new();
-    ms_container *os = metastep_optim_state_save(opt);
     ms_status st = ck && os ? MS_OK : ms_last_error(NULL);
     char key[512];
     for (int i = 0; st == MS_OK && i < ms_container_size(vars); i++) {
@@ -493,17 +561,86 @@ static ms_status save_checkpoint(const config *c, const ms_container *vars,
     if (st == MS_OK)
         st = ms_container_set(ck, "meta/step", s);
     ms_release(s);
+    char *text = config_text(c, task);
+    if (st == MS_OK && !text)
+        st = ms_record_error(MS_ERR_NOMEM, "out of memory");
+    if (st == MS_OK) { /* the configuration: its bytes as a float64 vector */
+        int64_t n = (int64_t)strlen(text);
+        double *b = malloc(sizeof *b * (size_t)(n ? n : 1));
+        for (int64_t i = 0; b && i < n; i++)
+            b[i] = (unsigned char)text[i];
+        ms_tensor *t = b ? ms_tensor_from_data(MS_F64, 1, &n, b) : NULL;
+        st = t ? ms_container_set(ck, "meta/config", t) : ms_record_error(MS_ERR_NOMEM, "out of memory");
+        ms_release(t);
+        free(b);
+    }
+    free(text);
     char path[4096];
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out);
     if (st == MS_OK)
         st = ms_container_save(ck, path);
-    ms_container_release(os);
     ms_container_release(ck);
     return st;
 }
 
-static ms_status load_checkpoint(const config *c, ms_container **vars, metastep_optim_state *opt,
-                                 long *step)
+/* meta/config of a checkpoint as text; NULL (with an error) when malformed. */
+static char *checkpoint_config(const ms_tensor *t, const char *path)
+{
+    int64_t n = t && ms_tensor_ndim(t) == 1 ? ms_tensor_numel(t) : -1;
+    if (n < 1 || n > 65536) {
+        ms_record_error(MS_ERR_FORMAT, "%s: meta/config is not a configuration", path);
+        return NULL;
+    }
+    char *text = malloc((size_t)n + 1);
+    for (int64_t i = 0; text && i < n; i++) {
+        double v = util_value(t, i);
+        if (!(v >= 1 && v <= 255 && v == floor(v))) {
+            free(text);
+            ms_record_error(MS_ERR_FORMAT, "%s: meta/config is not a configuration", path);
+            return NULL;
+        }
+        text[i] = (char)(unsigned char)v;
+    }
+    if (text)
+        text[n] = '\0';
+    return text;
+}
+
+/* Every leaf of the checkpoint's parameters has the key, dtype and shape of
+ * the task's model and finite values. */
+static ms_status check_params(const ms_container *v, const ms_container *model, const char *path)
+{
+    for (int i = 0; i < ms_container_size(model); i++) {
+        const char *k = ms_container_key(model, i);
+        if (!ms_container_has(v, k))
+            return ms_record_error(MS_ERR_FORMAT, "%s: params/%s is missing", path, k);
+    }
+    for (int i = 0; i < ms_container_size(v); i++) {
+        const char *k = ms_container_key(v, i);
+        const ms_tensor *t = ms_container_at(v, i);
+        const ms_tensor *m = ms_container_has(model, k) ? ms_container_get(model, k) : NULL;
+        if (!m)
+            return ms_record_error(MS_ERR_FORMAT, "%s: params/%s is not a parameter of the task's "
+                                   "model", path, k);
+        bool same = ms_tensor_dtype(t) == ms_tensor_dtype(m) && ms_tensor_ndim(t) == ms_tensor_ndim(m);
+        for (int d = 0; same && d < ms_tensor_ndim(t); d++)
+            same = ms_tensor_shape(t)[d] == ms_tensor_shape(m)[d];
+        if (!same)
+            return ms_record_error(MS_ERR_FORMAT, "%s: params/%s has another dtype or shape than "
+                                   "the task's model", path, k);
+        for (int64_t j = 0; j < ms_tensor_numel(t); j++)
+            if (!isfinite(util_value(t, j)))
+                return ms_record_error(MS_ERR_FORMAT, "%s: params/%s holds a NaN or an infinity",
+                                       path, k);
+    }
+    return MS_OK;
+}
+
+/* Load c->resume's checkpoint; MS_OK, or an error recorded.  *config_rc is
+ * set to 2 when the checkpoint's configuration differs from c's (message
+ * printed). */
+static ms_status load_checkpoint(const config *c, const metastep_task *task, ms_container **vars,
+                                 metastep_optim_state *opt, long *step, int *config_rc)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->resume);
@@ -514,20 +651,60 @@ static ms_status load_checkpoint(const config *c, ms_container **vars, metastep_
     const char *p[] = {"params", NULL}, *o[] = {"optim", NULL};
     ms_container *params = ms_container_at_key_chains(ck, p);
     ms_container *os = ms_container_has(ck, "optim/t") ? ms_container_at_key_chains(ck, o) : NULL;
-    ms_container *v = ms_container_new(), *state = ms_container_new();
-    st = params && v && state && ms_container_has(ck, "meta/step") ? MS_OK
+    ms_container *v = ms_container_new(), *state = ms_container_new(), *model = NULL;
+    st = params && v && state ? MS_OK
          : ms_record_error(MS_ERR_FORMAT, "%s is not a metastep train checkpoint", path);
+    /* meta/step: a whole number of steps, 0..100000000 */
+    ms_tensor *ts = ms_container_get(ck, "meta/step");
+    double sv = ts && ms_tensor_numel(ts) == 1 && ms_tensor_ndim(ts) <= 1 ? util_value(ts, 0) : NAN;
+    if (st == MS_OK && !ts)
+        st = ms_record_error(MS_ERR_FORMAT, "%s: meta/step is missing (not a metastep train "
+                             "checkpoint)", path);
+    else if (st == MS_OK && !(sv >= 0 && sv <= 100000000 && sv == floor(sv)))
+        st = ms_record_error(MS_ERR_FORMAT, "%s: meta/step is %s, not a step count in "
+                             "0..100000000", path, ms_tensor_numel(ts) != 1 ? "not one number" :
+                             isnan(sv) ? "NaN" : isinf(sv) ? "infinite" : "out of range or fractional");
+    /* meta/config: the flags of the run */
+    if (st == MS_OK && ms_container_has(ck, "meta/config")) {
+        char *old = checkpoint_config(ms_container_get(ck, "meta/config"), path);
+        char *cur = config_text(c, task);
+        if (!old || !cur) {
+            st = old ? ms_record_error(MS_ERR_NOMEM, "out of memory") : ms_last_error(NULL);
+        } else {
+            char msg[2048] = "";
+            if (config_diff(old, cur, msg, sizeof msg) && !c->force_resume) {
+                fprintf(stderr, "metastep train: the checkpoint in %s was written with other flags: "
+                                "%s.  Give the same flags, or add --force-resume to continue with "
+                                "the new ones.\n", c->resume, msg);
+                *config_rc = 2;
+                st = MS_ERR_INVALID_ARG;
+            } else if (msg[0] && !c->quiet) {
+                fprintf(stderr, "metastep train: --force-resume: continuing with other flags (%s)\n",
+                        msg);
+            }
+        }
+        free(old);
+        free(cur);
+    } else if (st == MS_OK && !c->quiet) {
+        fprintf(stderr, "metastep train: %s records no configuration; the flags are not checked\n",
+                path);
+    }
     for (int i = 0; st == MS_OK && i < ms_container_size(params); i++)
         st = ms_container_set(v, ms_container_key(params, i) + 7, ms_container_at(params, i));
+    if (st == MS_OK) {
+        model = task->init_variables(c->seed, c->dtype);
+        st = model ? check_params(v, model, path) : ms_last_error(NULL);
+    }
     for (int i = 0; st == MS_OK && os && i < ms_container_size(os); i++)
         st = ms_container_set(state, ms_container_key(os, i) + 6, ms_container_at(os, i));
     if (st == MS_OK && os)
         st = metastep_optim_state_restore(opt, state);
     if (st == MS_OK) {
-        *step = (long)ms_tensor_item(ms_container_get(ck, "meta/step"));
+        *step = (long)sv;
         *vars = v;
         v = NULL;
     }
+    ms_container_release(model);
     ms_container_release(v);
     ms_container_release(state);
     ms_container_release(params);
@@ -535,6 +712,121 @@ static ms_status load_checkpoint(const config *c, ms_container **vars, metastep_
     ms_container_release(ck);
     return st;
 }
+
+/* ----------------------------------------------------------- the log */
+
+#define LOG_HEADER "step,train_loss,heldout_loss_0,heldout_loss_1,seconds,heldout_acc_0," \
+                   "heldout_acc_1,heldout_loss_10,heldout_acc_10\n"
+
+/* On resume: keep log.csv's whole rows of steps 1..upto (one each, in order)
+ * and drop the rest (rows written after the checkpoint, a torn last row);
+ * a log of the 7-column format gains the two new columns.  False (errno)
+ * when it cannot be rewritten. */
+static bool log_cut(const char *path, long upto)
+{
+    FILE *f = fopen(path, "r");
+    size_t cap = 4096, len = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        if (f)
+            fclose(f);
+        return false;
+    }
+    len = (size_t)snprintf(out, cap, "%s", LOG_HEADER);
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t n;
+    long next = 1;
+    bool first = true, old_format = false;
+    while (f && (n = getline(&line, &lcap, f)) > 0) {
+        if (line[n - 1] != '\n')
+            break; /* torn */
+        if (first) {
+            first = false;
+            old_format = strstr(line, "heldout_loss_10") == NULL;
+            continue;
+        }
+        char *end;
+        long s = strtol(line, &end, 10);
+        if (end == line || *end != ',' || s != next || s > upto)
+            continue;
+        next++;
+        if (len + (size_t)n + 16 >= cap) {
+            char *grown = realloc(out, cap = 2 * cap + (size_t)n + 16);
+            if (!grown) {
+                free(out);
+                free(line);
+                fclose(f);
+                return false;
+            }
+            out = grown;
+        }
+        memcpy(out + len, line, (size_t)n);
+        len += (size_t)n;
+        if (old_format) {
+            len--;
+            len += (size_t)snprintf(out + len, cap - len, ",nan,nan\n");
+        }
+    }
+    free(line);
+    if (f)
+        fclose(f);
+    bool ok = util_write_atomic(path, out, len);
+    free(out);
+    return ok;
+}
+
+#ifdef MS_HAVE_PLOT
+/* curves.png of the whole run (from log.csv): the training loss raw (faint)
+ * and smoothed, the held-out loss after 0, 1 and 10 steps (and accuracy). */
+static bool write_curves(const char *dir, bool accuracy)
+{
+    char path[4096], err[256];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    run_log l;
+    if (!run_log_read(path, &l)) {
+        fprintf(stderr, "metastep: curves.png: cannot read %s\n", path);
+        return false;
+    }
+    long w = l.n / 40 > 1 ? l.n / 40 : 1;
+    double *sm = run_log_smooth(l.train, l.n, w);
+    char smlabel[96];
+    snprintf(smlabel, sizeof smlabel, "meta-training loss, moving average of %ld steps", w);
+    plot_series s[5] = {
+        {.label = "meta-training loss (query, after adaptation)", .x = l.step, .y = l.train,
+         .n = (int)l.n, .style = PLOT_LINE, .rgb = {0.75, 0.82, 0.92}},
+        {.label = w > 1 ? smlabel : NULL, .x = l.step, .y = sm, .n = sm && w > 1 ? (int)l.n : 0,
+         .style = PLOT_LINE, .rgb = {0.122, 0.467, 0.706}},
+        {.label = "held-out query loss, 0 steps", .x = l.es, .y = l.h[0], .n = (int)l.ne,
+         .style = PLOT_DASHED, .rgb = {1.000, 0.498, 0.055}},
+        {.label = "held-out query loss, 1 step", .x = l.es, .y = l.h[1], .n = (int)l.ne,
+         .style = PLOT_LINE_MARKERS, .rgb = {0.173, 0.627, 0.173}},
+        {.label = "held-out query loss, 10 steps", .x = l.es, .y = l.h[2], .n = (int)l.ne,
+         .style = PLOT_LINE_MARKERS, .rgb = {0.839, 0.153, 0.157}},
+    };
+    plot_series sa[3] = {
+        {.label = "held-out query accuracy, 0 steps", .x = l.es, .y = l.acc[0], .n = (int)l.ne,
+         .style = PLOT_DASHED, .rgb = {1.000, 0.498, 0.055}},
+        {.label = "held-out query accuracy, 1 step", .x = l.es, .y = l.acc[1], .n = (int)l.ne,
+         .style = PLOT_LINE_MARKERS, .rgb = {0.173, 0.627, 0.173}},
+        {.label = "held-out query accuracy, 10 steps", .x = l.es, .y = l.acc[2], .n = (int)l.ne,
+         .style = PLOT_LINE_MARKERS, .rgb = {0.839, 0.153, 0.157}},
+    };
+    plot_panel p[2] = {
+        {.title = "meta-training", .xlabel = "meta-step", .ylabel = accuracy ? "loss" : "MSE",
+         .log_y = true, .series = s, .nseries = 5},
+        {.title = "held-out accuracy", .xlabel = "meta-step", .ylabel = "accuracy",
+         .ylim = {0, 1}, .series = sa, .nseries = 3},
+    };
+    snprintf(path, sizeof path, "%s/curves.png", dir);
+    bool ok = plot_png(path, accuracy ? 1500 : 900, 560, p, accuracy ? 2 : 1, 2, err, sizeof err) == 0;
+    if (!ok)
+        fprintf(stderr, "metastep: curves.png: %s\n", err);
+    free(sm);
+    run_log_free(&l);
+    return ok;
+}
+#endif
 
 /* ----------------------------------------------------------- the loop */
 
@@ -559,15 +851,57 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
     return st;
 }
 
-static void write_summary(const config *c, const metastep_task *task, long steps_done,
-                          double seconds, const metastep_eval *ev, bool interrupted_run)
+/* A JSON object {"0": x, "1": y, "10": z} of evaluation values; a NaN or
+ * infinity is null, and *nonfinite is set. */
+static void json_points(FILE *f, const metastep_eval *ev, const double *v, bool *nonfinite)
+{
+    fputc('{', f);
+    for (int i = 0; i < METASTEP_EVAL_POINTS; i++) {
+        fprintf(f, "%s\"%d\": ", i ? ", " : "", ev->steps[i]);
+        util_json_number(f, v[i]);
+        if (!isfinite(v[i]))
+            *nonfinite = true;
+    }
+    fputc('}', f);
+}
+
+/* The "heldout" object's members after {"tasks": N (shared by train's
+ * summary.json and eval --json). */
+static void json_heldout(FILE *f, const metastep_task *task, const metastep_eval *ev,
+                         const char *indent)
+{
+    bool nonfinite = false;
+    fprintf(f, ", \"loss_after_steps\": ");
+    json_points(f, ev, ev->loss, &nonfinite);
+    if (ev->has_accuracy) {
+        fprintf(f, ",\n%s\"accuracy_after_steps\": ", indent);
+        json_points(f, ev, ev->accuracy, &nonfinite);
+        if (has_ci(task, ev)) {
+            double ci[METASTEP_EVAL_POINTS];
+            for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
+                ci[i] = isfinite(ev->accuracy_ci95[i]) ? ev->accuracy_ci95[i] : 0.0;
+            fprintf(f, ",\n%s\"accuracy_ci95\": ", indent);
+            json_points(f, ev, ci, &nonfinite);
+        }
+    }
+    if (nonfinite)
+        fprintf(f, ",\n%s\"null_reason\": \"null: the value was NaN or infinite (the adapted "
+                   "model diverged; try a smaller --inner-lr)\"", indent);
+}
+
+/* summary.json, written atomically; false (message printed) on failure. */
+static bool write_summary(const config *c, const metastep_task *task, long steps_done,
+                          double seconds, const metastep_eval *ev, bool interrupted_run,
+                          const char *diverged)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/summary.json", c->out);
-    FILE *f = fopen(path, "w");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
     if (!f) {
         fprintf(stderr, "metastep: cannot write %s: %s\n", path, strerror(errno));
-        return;
+        return false;
     }
     const char *be = metastep_current_backend();
     fprintf(f, "{\n  \"task\": ");
@@ -576,32 +910,26 @@ static void write_summary(const config *c, const metastep_task *task, long steps
     util_json_string(f, be ? be : "");
     fprintf(f, ",\n  \"backend_description\": ");
     util_json_string(f, be ? metastep_backend_description(be) : "");
-    fprintf(f,
-            ",\n  \"config\": {\"meta_steps\": %ld, \"meta_batch\": %d, \"inner_steps\": %d, "
-            "\"inner_lr\": %g, \"outer_lr\": %g, \"outer_optim\": \"%s\", \"k\": %d, "
-            "\"batched\": %s, \"seed\": %llu, \"dtype\": \"%s\"},\n",
-            c->meta_steps, c->meta_batch, c->inner_steps, c->inner_lr, c->outer_lr,
-            c->outer_adam ? "adam" : "sgd", c->k, c->batched ? "true" : "false",
-            (unsigned long long)c->seed, ms_dtype_name(c->dtype));
-    fprintf(f, "  \"steps_done\": %ld,\n  \"interrupted\": %s,\n  \"seconds\": %.3f,\n"
-               "  \"meta_steps_per_second\": %.2f,\n",
-            steps_done, interrupted_run ? "true" : "false", seconds,
-            seconds > 0 ? (double)steps_done / seconds : 0.0);
-    fprintf(f, "  \"heldout\": {\"tasks\": %d, \"loss_after_steps\": {", c->eval_tasks);
-    for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
-        fprintf(f, "%s\"%d\": %.6g", i ? ", " : "", ev->steps[i], ev->loss[i]);
-    if (ev->has_accuracy) {
-        fprintf(f, "},\n              \"accuracy_after_steps\": {");
-        for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
-            fprintf(f, "%s\"%d\": %.6g", i ? ", " : "", ev->steps[i], ev->accuracy[i]);
-        if (has_ci(task, ev)) {
-            fprintf(f, "},\n              \"accuracy_ci95\": {");
-            for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
-                fprintf(f, "%s\"%d\": %.6g", i ? ", " : "", ev->steps[i],
-                        isfinite(ev->accuracy_ci95[i]) ? ev->accuracy_ci95[i] : 0.0);
-        }
+    fprintf(f, ",\n  \"config\": {\"meta_steps\": %ld, \"meta_batch\": %d, \"inner_steps\": %d, "
+            "\"inner_lr\": ", c->meta_steps, c->meta_batch, c->inner_steps);
+    util_json_number(f, c->inner_lr);
+    fprintf(f, ", \"outer_lr\": ");
+    util_json_number(f, c->outer_lr);
+    fprintf(f, ", \"outer_optim\": \"%s\", \"k\": %d, \"batched\": %s, \"seed\": %llu, "
+            "\"dtype\": \"%s\"},\n", c->outer_adam ? "adam" : "sgd", c->k,
+            c->batched ? "true" : "false", (unsigned long long)c->seed, ms_dtype_name(c->dtype));
+    fprintf(f, "  \"steps_done\": %ld,\n  \"interrupted\": %s,\n  \"diverged\": %s,\n",
+            steps_done, interrupted_run ? "true" : "false", diverged ? "true" : "false");
+    if (diverged) {
+        fprintf(f, "  \"diverged_reason\": ");
+        util_json_string(f, diverged);
+        fprintf(f, ",\n");
     }
-    fprintf(f, "}}");
+    fprintf(f, "  \"seconds\": %.3f,\n  \"meta_steps_per_second\": %.2f,\n", seconds,
+            seconds > 0 ? (double)steps_done / seconds : 0.0);
+    fprintf(f, "  \"heldout\": {\"tasks\": %d", c->eval_tasks);
+    json_heldout(f, task, ev, "              ");
+    fprintf(f, "}");
     if (c->nopts) {
         fprintf(f, ",\n  \"task_options\": {");
         for (int i = 0; i < c->nopts; i++) {
@@ -613,7 +941,115 @@ static void write_summary(const config *c, const metastep_task *task, long steps
         fprintf(f, "}");
     }
     fprintf(f, "\n}\n");
-    fclose(f);
+    bool ok = fclose(f) == 0 && text && util_write_atomic(path, text, len);
+    if (!ok)
+        fprintf(stderr, "metastep: cannot write %s: %s\n", path, strerror(errno));
+    free(text);
+    return ok;
+}
+
+/* ------------------------------------------------------- the options */
+
+enum {
+    O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
+    O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
+    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_HELP = 'h'
+};
+
+static const struct option train_options[] = {
+    {"task", required_argument, NULL, O_TASK}, {"backend", required_argument, NULL, O_BACKEND},
+    {"out", required_argument, NULL, O_OUT}, {"resume", required_argument, NULL, O_RESUME},
+    {"algo", required_argument, NULL, O_ALGO}, {"outer-optim", required_argument, NULL, O_OPTIM},
+    {"dtype", required_argument, NULL, O_DTYPE}, {"meta-steps", required_argument, NULL, O_STEPS},
+    {"meta-batch", required_argument, NULL, O_BATCH},
+    {"inner-steps", required_argument, NULL, O_INNER_STEPS},
+    {"k", required_argument, NULL, O_K}, {"shots", required_argument, NULL, O_K},
+    {"eval-tasks", required_argument, NULL, O_EVAL_TASKS},
+    {"eval-every", required_argument, NULL, O_EVAL_EVERY},
+    {"inner-lr", required_argument, NULL, O_INNER_LR},
+    {"outer-lr", required_argument, NULL, O_OUTER_LR}, {"seed", required_argument, NULL, O_SEED},
+    {"batched", no_argument, NULL, O_BATCHED}, {"quiet", no_argument, NULL, O_QUIET},
+    {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
+    {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
+};
+
+typedef struct parsed {
+    config *c;
+    bool help, out_given;
+    /* eval */
+    const char *params;
+    int tasks;
+    bool json, dtype_given;
+} parsed;
+
+static bool dtype_opt(const char *v, ms_dtype *dt)
+{
+    const char *d[] = {"float32", "float64"};
+    int k = util_choice(v, d, 2);
+    *dt = k == 1 ? MS_F64 : MS_F32;
+    return k >= 0;
+}
+
+static bool train_opt(void *user, int id, const char *v)
+{
+    parsed *p = user;
+    config *c = p->c;
+    switch (id) {
+    case O_HELP: p->help = true; return true;
+    case 'q': case O_QUIET: c->quiet = true; return true;
+    case O_BATCHED: c->batched = true; return true;
+    case O_FORCE: c->force_resume = true; return true;
+    case O_OVERWRITE: c->overwrite = true; return true;
+    case O_TASK: c->task = v; return true;
+    case O_BACKEND: c->backend = v; return true;
+    case O_OUT: c->out = v; p->out_given = true; return true;
+    case O_RESUME: c->resume = v; return true;
+    case O_PARAMS: p->params = v; return true;
+    case O_JSON: p->json = true; return true;
+    case O_TASKS: return util_int(v, 1, 100000, &p->tasks);
+    case O_ALGO: {
+        int k = util_choice(v, algo_names, 3);
+        c->algo = (algo)(k < 0 ? 0 : k);
+        return k >= 0;
+    }
+    case O_OPTIM: {
+        const char *o[] = {"adam", "sgd"};
+        int k = util_choice(v, o, 2);
+        c->outer_adam = k == 0;
+        return k >= 0;
+    }
+    case O_DTYPE: p->dtype_given = true; return dtype_opt(v, &c->dtype);
+    case O_STEPS: return util_long(v, 0, 100000000, &c->meta_steps);
+    case O_BATCH: return util_int(v, 1, 100000, &c->meta_batch);
+    case O_INNER_STEPS: return util_int(v, 0, 10000, &c->inner_steps);
+    case O_K: return util_int(v, 1, 100000, &c->k);
+    case O_EVAL_TASKS: return util_int(v, 1, 100000, &c->eval_tasks);
+    case O_EVAL_EVERY: return util_int(v, 1, 100000000, &c->eval_every);
+    case O_INNER_LR: return util_double(v, &c->inner_lr);
+    case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
+    case O_SEED: {
+        long s;
+        bool ok = util_long(v, 0, 1L << 62, &s);
+        c->seed = (uint64_t)s;
+        return ok;
+    }
+    default: return false;
+    }
+}
+
+/* An option the command does not know: a task option (value may be NULL). */
+static bool task_opt(void *user, const char *key, size_t klen, const char *value)
+{
+    parsed *p = user;
+    config *c = p->c;
+    if (c->nopts == MAX_TASK_OPTS || klen >= sizeof c->opt_buf[0]) {
+        fprintf(stderr, "metastep: too many task options, or too long, at '--%.*s'\n", (int)klen, key);
+        return false;
+    }
+    snprintf(c->opt_buf[c->nopts], sizeof c->opt_buf[0], "%.*s", (int)klen, key);
+    c->opt_key[c->nopts] = c->opt_buf[c->nopts];
+    c->opt_val[c->nopts++] = value;
+    return true;
 }
 
 static int parse_train(int argc, char **argv, config *c)
@@ -622,61 +1058,24 @@ static int parse_train(int argc, char **argv, config *c)
                   .meta_batch = 25, .inner_steps = 1, .k = 10, .eval_tasks = 100,
                   .eval_every = 0, .inner_lr = 0.01, .outer_lr = 1e-3, .outer_adam = true,
                   .seed = 0, .dtype = MS_F32};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            train_usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--batched")) { c->batched = true; continue; }
-        if (!strcmp(a, "--quiet")) { c->quiet = true; continue; }
-        if (i + 1 >= argc || strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "metastep train: %s '%s' (try --help)\n",
-                    strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
-            return 2;
-        }
-        const char *v = argv[++i];
-        bool ok = true;
-        if (!strcmp(a, "--task")) c->task = v;
-        else if (!strcmp(a, "--backend")) c->backend = v;
-        else if (!strcmp(a, "--out")) c->out = v;
-        else if (!strcmp(a, "--resume")) c->resume = v;
-        else if (!strcmp(a, "--algo")) {
-            int k = util_choice(v, algo_names, 3);
-            ok = k >= 0;
-            c->algo = (algo)(k < 0 ? 0 : k);
-        } else if (!strcmp(a, "--outer-optim")) {
-            const char *o[] = {"adam", "sgd"};
-            int k = util_choice(v, o, 2);
-            ok = k >= 0;
-            c->outer_adam = k == 0;
-        } else if (!strcmp(a, "--dtype")) {
-            const char *d[] = {"float32", "float64"};
-            int k = util_choice(v, d, 2);
-            ok = k >= 0;
-            c->dtype = k == 1 ? MS_F64 : MS_F32;
-        } else if (!strcmp(a, "--meta-steps")) ok = util_long(v, 0, 100000000, &c->meta_steps);
-        else if (!strcmp(a, "--meta-batch")) ok = util_int(v, 1, 100000, &c->meta_batch);
-        else if (!strcmp(a, "--inner-steps")) ok = util_int(v, 0, 10000, &c->inner_steps);
-        else if (!strcmp(a, "--k") || !strcmp(a, "--shots")) ok = util_int(v, 1, 100000, &c->k);
-        else if (!strcmp(a, "--eval-tasks")) ok = util_int(v, 1, 100000, &c->eval_tasks);
-        else if (!strcmp(a, "--eval-every")) ok = util_int(v, 1, 100000000, &c->eval_every);
-        else if (!strcmp(a, "--inner-lr")) ok = util_double(v, &c->inner_lr);
-        else if (!strcmp(a, "--outer-lr")) ok = util_double(v, &c->outer_lr) && c->outer_lr > 0;
-        else if (!strcmp(a, "--seed")) {
-            long s;
-            ok = util_long(v, 0, 1L << 62, &s);
-            c->seed = (uint64_t)s;
-        } else if (!add_task_opt("train", c->opt_key, c->opt_val, &c->nopts, a, v)) {
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "metastep train: invalid value '%s' for %s (try --help)\n", v, a);
-            return 2;
-        }
+    parsed p = {.c = c};
+    if (util_parse_options("train", argc, argv, train_options, train_opt, task_opt, &p) != 0)
+        return 2;
+    if (p.help) {
+        train_usage(stdout);
+        return 0;
     }
     if (!c->task) {
         fprintf(stderr, "metastep train: --task is required (try --help)\n");
+        return 2;
+    }
+    if (c->resume && p.out_given) {
+        fprintf(stderr, "metastep train: --out and --resume cannot be combined: --resume DIR "
+                        "continues the run in DIR and writes there\n");
+        return 2;
+    }
+    if (c->resume && c->overwrite) {
+        fprintf(stderr, "metastep train: --overwrite and --resume cannot be combined\n");
         return 2;
     }
     if (c->resume)
@@ -684,6 +1083,75 @@ static int parse_train(int argc, char **argv, config *c)
     if (c->eval_every == 0)
         c->eval_every = c->meta_steps >= 50 ? (int)(c->meta_steps / 50) : 1;
     return -1;
+}
+
+/* The output directory: for --resume an existing directory (never created);
+ * otherwise created, and refused when it holds a run (log.csv) unless
+ * --overwrite, which removes that run's files.  0, or the exit status. */
+static int prepare_out(const config *c)
+{
+    struct stat sb;
+    if (c->resume) {
+        if (stat(c->resume, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "metastep train: cannot resume %s: %s\n", c->resume,
+                    stat(c->resume, &sb) != 0 ? strerror(errno) : "not a directory");
+            return 1;
+        }
+    } else {
+        if (!util_mkdirs(c->out)) {
+            fprintf(stderr, "metastep train: cannot create %s: %s\n", c->out, strerror(errno));
+            return 1;
+        }
+        char path[4096];
+        snprintf(path, sizeof path, "%s/log.csv", c->out);
+        if (stat(path, &sb) == 0 && !c->overwrite) {
+            fprintf(stderr, "metastep train: %s already holds a run (log.csv); continue it with "
+                            "--resume %s, or replace it with --overwrite\n", c->out, c->out);
+            return 2;
+        }
+        if (c->overwrite) {
+            const char *files[] = {"log.csv", "checkpoint.safetensors", "params.safetensors",
+                                   "summary.json", "curves.png", "fits.png", "episodes.png"};
+            for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+                snprintf(path, sizeof path, "%s/%s", c->out, files[i]);
+                if (unlink(path) != 0 && errno != ENOENT && errno != EISDIR) {
+                    fprintf(stderr, "metastep train: cannot remove %s: %s\n", path, strerror(errno));
+                    return 1;
+                }
+            }
+        }
+    }
+    util_remove_stale_temporaries(c->out);
+    return 0;
+}
+
+/* Exit statuses besides 0 (done), 1 (error), 2 (usage) and 130 (interrupted,
+ * checkpoint written). */
+#define EXIT_DIVERGED 3
+#define EXIT_UNWRITTEN 4
+/* A training loss this many times the run's first one is divergence. */
+#define EXPLODED 1e6
+
+/* Write checkpoint and parameters (in that order: parameters only after the
+ * checkpoint is written), so that the directory holds one step's state.
+ * True, or false after a message naming the file. */
+static bool save_state(const config *c, const metastep_task *task, const ms_container *vars,
+                       const ms_container *os, long step)
+{
+    ms_clear_error();
+    if (save_checkpoint(c, task, vars, os, step) != MS_OK) {
+        fail_ms("cannot write the checkpoint");
+        ms_clear_error();
+        return false;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/params.safetensors", c->out);
+    if (ms_container_save(vars, path) != MS_OK) {
+        fail_ms("cannot write the parameters");
+        ms_clear_error();
+        return false;
+    }
+    return true;
 }
 
 int cmd_train(int argc, char **argv)
@@ -700,18 +1168,17 @@ int cmd_train(int argc, char **argv)
         return fail_ms("cannot load the task plugin");
     if ((rc = configure_task("train", task, c.opt_key, c.opt_val, c.nopts)) != 0)
         return rc;
-    if (!util_mkdirs(c.out)) {
-        fprintf(stderr, "metastep train: cannot create %s: %s\n", c.out, strerror(errno));
-        return 1;
-    }
+    if ((rc = prepare_out(&c)) != 0)
+        return rc;
     metastep_optimizer outer = c.outer_adam ? metastep_adam(0.9, 0.999, 1e-8) : metastep_sgd(0.0, false);
     metastep_optim_state *opt = metastep_optim_state_new(&outer);
     ms_container *vars = NULL;
     long start = 0;
     if (c.resume) {
-        if (load_checkpoint(&c, &vars, opt, &start) != MS_OK) {
+        int config_rc = 0;
+        if (load_checkpoint(&c, task, &vars, opt, &start, &config_rc) != MS_OK) {
             metastep_optim_state_release(opt);
-            return fail_ms("cannot resume");
+            return config_rc ? config_rc : fail_ms("cannot resume");
         }
     } else {
         vars = task->init_variables(c.seed, c.dtype);
@@ -722,120 +1189,158 @@ int cmd_train(int argc, char **argv)
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/log.csv", c.out);
-    FILE *log = fopen(path, c.resume ? "a" : "w");
-    if (!log) {
+    FILE *log = NULL;
+    if (c.resume && !log_cut(path, start)) {
+        fprintf(stderr, "metastep train: cannot rewrite %s: %s\n", path, strerror(errno));
+    } else if ((log = fopen(path, c.resume ? "a" : "w")) != NULL) {
+        setvbuf(log, NULL, _IOLBF, 0); /* whole lines: one write each */
+        if (!c.resume)
+            fputs(LOG_HEADER, log);
+    } else {
         fprintf(stderr, "metastep train: cannot write %s: %s\n", path, strerror(errno));
+    }
+    if (!log) {
         ms_container_release(vars);
         metastep_optim_state_release(opt);
-        return 1;
+        return EXIT_UNWRITTEN;
     }
-    if (!c.resume)
-        fprintf(log, "step,train_loss,heldout_loss_0,heldout_loss_1,seconds,heldout_acc_0,"
-                     "heldout_acc_1\n");
     struct sigaction sa = {.sa_handler = on_sigint}, old;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
-    bool tty = isatty(STDERR_FILENO);
-    long n = c.meta_steps > start ? c.meta_steps - start : 0;
-    double *hist = calloc((size_t)n + 1, sizeof *hist), *hsteps = calloc((size_t)n + 1, sizeof *hsteps);
-    int ecap = (int)(n / c.eval_every) + 2, ne = 0;
-    double *es = calloc((size_t)ecap, sizeof *es), *e0 = calloc((size_t)ecap, sizeof *e0),
-           *e1 = calloc((size_t)ecap, sizeof *e1), *a0 = calloc((size_t)ecap, sizeof *a0),
-           *a1 = calloc((size_t)ecap, sizeof *a1);
-    bool accuracy = false;
+    bool tty = isatty(STDERR_FILENO), accuracy = false;
     metastep_eval last_ev = eval_blank(); /* the evaluation of the last step, if any */
     long last_ev_step = -1;
-    if (!hist || !hsteps || !es || !e0 || !e1 || !a0 || !a1) {
-        fprintf(stderr, "metastep train: out of memory\n");
-        rc = 1;
-    }
-    if (!c.quiet && rc != 1)
+    if (!c.quiet)
         fprintf(stderr, "metastep train: %s on '%s' with backend %s, %ld meta-steps of %d tasks%s\n",
                 algo_names[c.algo], task->header.name, metastep_current_backend(), c.meta_steps,
                 c.meta_batch, c.batched ? " (batched)" : "");
-    double t0 = now(), last_print = 0, loss = NAN, rate = 0;
+    double t0 = now(), last_print = 0, loss = NAN, rate = 0, first_loss = NAN;
     long step = start, done = 0;
-    for (; rc != 1 && step < c.meta_steps && !interrupted; step++) {
+    /* the last state whose loss was sound, kept for a divergence */
+    ms_container *good_vars = NULL, *good_os = NULL;
+    long good_step = -1;
+    char diverged[512] = "";
+    bool log_failed = false;
+    for (; step < c.meta_steps && !interrupted; step++) {
         ms_scope_push();
         uint64_t bseed = c.seed * 1000003ull + (uint64_t)step + 1;
         ms_container *batch = task->sample(c.meta_batch, c.k, bseed, c.dtype);
         metastep_result r = {0};
         ms_status st = batch ? meta_step(&c, task, batch, vars, &r) : ms_last_error(NULL);
-        ms_container *next = st == MS_OK ? metastep_optim_step(opt, vars, r.grads, c.outer_lr, true) : NULL;
-        if (next) {
+        ms_container *next = NULL;
+        if (st == MS_OK) {
             loss = ms_tensor_item(r.cost);
-            ms_container_release(vars);
-            vars = next;
+            if (isnan(first_loss))
+                first_loss = loss;
+            if (!isfinite(loss))
+                snprintf(diverged, sizeof diverged, "the meta-training loss is %g at step %ld",
+                         loss, step + 1);
+            else if (first_loss > 0 && loss > EXPLODED * first_loss)
+                snprintf(diverged, sizeof diverged, "the meta-training loss %g at step %ld is "
+                         "over %g times the first one (%g)", loss, step + 1, EXPLODED, first_loss);
+        } else if (st == MS_ERR_NUMERIC) {
+            const char *msg = NULL;
+            ms_last_error(&msg);
+            snprintf(diverged, sizeof diverged, "%s", msg ? msg : "a non-finite cost");
+        }
+        if (st == MS_OK && !diverged[0]) {
+            ms_container_release(good_vars);
+            ms_container_release(good_os);
+            good_vars = ms_container_copy(vars);
+            good_os = metastep_optim_state_save(opt);
+            good_step = step;
+            next = metastep_optim_step(opt, vars, r.grads, c.outer_lr, true);
+            if (next) {
+                ms_container_release(vars);
+                vars = next;
+            }
         }
         metastep_result_release(&r);
         ms_container_release(batch);
         ms_scope_pop();
+        if (diverged[0])
+            break;
         if (!next) {
             fail_ms("meta-step failed");
             rc = 1;
             break;
         }
-        hist[done] = loss;
-        hsteps[done++] = (double)step + 1;
+        done++;
         double t = now() - t0;
         rate = (double)done / (t > 0 ? t : 1e-9);
         bool eval_now = (step + 1) % c.eval_every == 0 || step + 1 == c.meta_steps;
-        double h0 = NAN, h1 = NAN, ha0 = NAN, ha1 = NAN;
+        metastep_eval ev = eval_blank();
         if (eval_now) {
-            metastep_eval ev = eval_blank();
             if (task->evaluate(vars, c.eval_tasks, c.k, c.inner_lr, HELDOUT_SEED, c.dtype, &ev) == MS_OK) {
                 last_ev = ev;
                 last_ev_step = step + 1;
-                h0 = ev.loss[0];
-                h1 = ev.loss[1];
-                if (ev.has_accuracy) {
-                    accuracy = true;
-                    ha0 = ev.accuracy[0];
-                    ha1 = ev.accuracy[1];
-                }
-                if (ne < ecap) {
-                    es[ne] = (double)step + 1;
-                    e0[ne] = h0;
-                    a0[ne] = ha0;
-                    a1[ne] = ha1;
-                    e1[ne++] = h1;
-                }
+                accuracy = accuracy || ev.has_accuracy;
             } else {
+                ev = eval_blank();
                 ms_clear_error();
             }
         }
-        fprintf(log, "%ld,%.6g,%.6g,%.6g,%.3f,%.6g,%.6g\n", step + 1, loss, h0, h1, t, ha0, ha1);
-        if (eval_now)
-            fflush(log);
+        if (!ev.has_accuracy)
+            ev.accuracy[0] = ev.accuracy[1] = ev.accuracy[2] = NAN;
+        if (!log_failed &&
+            fprintf(log, "%ld,%.6g,%.6g,%.6g,%.3f,%.6g,%.6g,%.6g,%.6g\n", step + 1, loss,
+                    ev.loss[0], ev.loss[1], t, ev.accuracy[0], ev.accuracy[1], ev.loss[2],
+                    ev.accuracy[2]) < 0) {
+            fprintf(stderr, "metastep train: cannot write %s: %s\n", path, strerror(errno));
+            log_failed = true;
+        }
         if ((tty && t - last_print > 0.1) || (!tty && eval_now)) {
             progress(&c, step + 1, c.meta_steps, rate, loss, t0, tty, false);
             last_print = t;
         }
     }
     double seconds = now() - t0;
-    if (rc != 1 && tty)
+    if (rc != 1 && tty && !diverged[0])
         progress(&c, step, c.meta_steps, rate, loss, t0, tty, true);
-    fclose(log);
-    sigaction(SIGINT, &old, NULL);
-    if (rc != 1) {
-        if (save_checkpoint(&c, vars, opt, step) != MS_OK)
-            rc = fail_ms("cannot write the checkpoint");
-        snprintf(path, sizeof path, "%s/params.safetensors", c.out);
-        if (ms_container_save(vars, path) != MS_OK)
-            rc = fail_ms("cannot write the parameters");
+    if (fclose(log) != 0 && !log_failed) {
+        fprintf(stderr, "metastep train: cannot write %s: %s\n", path, strerror(errno));
+        log_failed = true;
     }
-    if (rc != 1 && !interrupted) {
+    sigaction(SIGINT, &old, NULL);
+    ms_clear_error();
+    if (diverged[0]) {
+        /* keep the last sound state: the step before the divergence */
+        if (tty && !c.quiet)
+            fputc('\n', stderr);
+        fprintf(stderr, "metastep train: diverged: %s.\n", diverged);
+        metastep_eval none = eval_blank();
+        if (good_vars && good_step > start) {
+            if (save_state(&c, task, good_vars, good_os, good_step) &&
+                write_summary(&c, task, good_step - start, seconds, &none, false, diverged))
+                fprintf(stderr, "metastep train: kept the checkpoint and parameters of step %ld, "
+                                "the last sound one, in %s\n", good_step, c.out);
+        } else {
+            fprintf(stderr, "metastep train: no sound step in this run; %s is left as it was\n",
+                    c.out);
+            write_summary(&c, task, 0, seconds, &none, false, diverged);
+        }
+        rc = EXIT_DIVERGED;
+    } else if (rc != 1) {
+        ms_container *os = metastep_optim_state_save(opt);
+        if (!save_state(&c, task, vars, os, step))
+            rc = EXIT_UNWRITTEN;
+        ms_container_release(os);
+    }
+    if (rc == 0 && !interrupted) {
         /* the same variables on the same tasks: reuse the last step's evaluation */
         metastep_eval ev = last_ev;
         if (last_ev_step != step &&
             task->evaluate(vars, c.eval_tasks, c.k, c.inner_lr, HELDOUT_SEED, c.dtype, &ev) != MS_OK)
             rc = fail_ms("final evaluation failed");
-        write_summary(&c, task, done, seconds, &ev, false);
+        if (!write_summary(&c, task, done, seconds, &ev, false, NULL))
+            rc = EXIT_UNWRITTEN;
 #ifdef MS_HAVE_PLOT
-        write_curves(c.out, hsteps, hist, done, es, e0, e1, ne, a0, a1, accuracy || ev.has_accuracy);
-        write_fits(&c, task, vars);
+        bool plots = write_curves(c.out, accuracy || ev.has_accuracy);
+        plots = write_fits(&c, task, vars) && plots;
         if (ev.has_accuracy)
-            write_episodes(&c, task, vars);
+            plots = write_episodes(&c, task, vars) && plots;
+        if (!plots && rc == 0)
+            rc = EXIT_UNWRITTEN;
 #endif
         if (!c.quiet) {
             if (ev.has_accuracy) {
@@ -864,103 +1369,86 @@ int cmd_train(int argc, char **argv)
 #endif
                    );
         }
-    } else if (interrupted) {
+    } else if (interrupted && rc == 0) {
         metastep_eval none = eval_blank();
-        write_summary(&c, task, done, seconds, &none, true);
-        fprintf(stderr, "metastep train: interrupted at step %ld; checkpoint in %s "
-                        "(continue with --resume %s)\n", step, c.out, c.out);
-        rc = 130;
+        if (!write_summary(&c, task, done, seconds, &none, true, NULL)) {
+            rc = EXIT_UNWRITTEN;
+        } else {
+            fprintf(stderr, "metastep train: interrupted at step %ld; checkpoint in %s "
+                            "(continue with --resume %s)\n", step, c.out, c.out);
+            rc = 130;
+        }
+    } else if (interrupted && rc == EXIT_UNWRITTEN) {
+        fprintf(stderr, "metastep train: interrupted at step %ld, but the checkpoint could not be "
+                        "written: the run cannot be continued from this step\n", step);
     }
-    free(hist);
-    free(hsteps);
-    free(es);
-    free(e0);
-    free(e1);
-    free(a0);
-    free(a1);
+    if (log_failed && (rc == 0 || rc == 130))
+        rc = EXIT_UNWRITTEN;
+    ms_container_release(good_vars);
+    ms_container_release(good_os);
     ms_container_release(vars);
     metastep_optim_state_release(opt);
     return rc;
 }
 
+static const struct option eval_options[] = {
+    {"task", required_argument, NULL, O_TASK}, {"params", required_argument, NULL, O_PARAMS},
+    {"backend", required_argument, NULL, O_BACKEND},
+    {"inner-lr", required_argument, NULL, O_INNER_LR},
+    {"k", required_argument, NULL, O_K}, {"shots", required_argument, NULL, O_K},
+    {"tasks", required_argument, NULL, O_TASKS}, {"dtype", required_argument, NULL, O_DTYPE},
+    {"json", no_argument, NULL, O_JSON}, {"help", no_argument, NULL, O_HELP},
+    {NULL, 0, NULL, 0},
+};
+
 int cmd_eval(int argc, char **argv)
 {
-    const char *task_name = NULL, *params = NULL, *backend = NULL;
-    int k = 10, tasks = 100;
-    double lr = 0.01;
-    bool json = false;
-    ms_dtype dt = MS_F32;
-    const char *keys[MAX_TASK_OPTS], *vals[MAX_TASK_OPTS];
-    int nopts = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            eval_usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--json")) { json = true; continue; }
-        if (i + 1 >= argc || strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "metastep eval: %s '%s' (try --help)\n",
-                    strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
-            return 2;
-        }
-        const char *v = argv[++i];
-        bool ok = true;
-        if (!strcmp(a, "--task")) task_name = v;
-        else if (!strcmp(a, "--params")) params = v;
-        else if (!strcmp(a, "--backend")) backend = v;
-        else if (!strcmp(a, "--k") || !strcmp(a, "--shots")) ok = util_int(v, 1, 100000, &k);
-        else if (!strcmp(a, "--tasks")) ok = util_int(v, 1, 100000, &tasks);
-        else if (!strcmp(a, "--inner-lr")) ok = util_double(v, &lr);
-        else if (!strcmp(a, "--dtype")) {
-            const char *d[] = {"float32", "float64"};
-            int c = util_choice(v, d, 2);
-            ok = c >= 0;
-            dt = c == 1 ? MS_F64 : MS_F32;
-        } else if (!add_task_opt("eval", keys, vals, &nopts, a, v)) {
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "metastep eval: invalid value '%s' for %s (try --help)\n", v, a);
-            return 2;
-        }
+    config c = {.k = 10, .inner_lr = 0.01, .dtype = MS_F32};
+    parsed p = {.c = &c, .tasks = 100};
+    if (util_parse_options("eval", argc, argv, eval_options, train_opt, task_opt, &p) != 0)
+        return 2;
+    if (p.help) {
+        eval_usage(stdout);
+        return 0;
     }
-    if (!task_name || !params) {
+    int k = c.k, tasks = p.tasks;
+    double lr = c.inner_lr;
+    if (!c.task || !p.params) {
         fprintf(stderr, "metastep eval: --task and --params are required (try --help)\n");
         return 2;
     }
     const metastep_task *task;
-    if (!setup_backend(backend))
+    if (!setup_backend(c.backend))
         return 1;
-    if (metastep_load_task(task_name, &task) != MS_OK)
+    if (metastep_load_task(c.task, &task) != MS_OK)
         return fail_ms("cannot load the task plugin");
-    int rc = configure_task("eval", task, keys, vals, nopts);
+    int rc = configure_task("eval", task, c.opt_key, c.opt_val, c.nopts);
     if (rc != 0)
         return rc;
     ms_container *vars = NULL;
-    if (ms_container_load(params, &vars) != MS_OK)
+    if (ms_container_load(p.params, &vars) != MS_OK)
         return fail_ms("cannot load the parameters");
+    /* the dtype is the file's */
+    ms_dtype dt = c.dtype;
+    if (ms_container_size(vars) > 0) {
+        ms_dtype file_dt = ms_tensor_dtype(ms_container_at(vars, 0));
+        if (p.dtype_given && file_dt != dt) {
+            fprintf(stderr, "metastep eval: %s holds %s parameters, not --dtype %s\n", p.params,
+                    ms_dtype_name(file_dt), ms_dtype_name(dt));
+            ms_container_release(vars);
+            return 2;
+        }
+        dt = file_dt;
+    }
     metastep_eval ev = eval_blank();
     ms_status st = task->evaluate(vars, tasks, k, lr, HELDOUT_SEED, dt, &ev);
     ms_container_release(vars);
     if (st != MS_OK)
         return fail_ms("evaluation failed");
-    if (json) {
-        printf("{\"tasks\": %d, \"loss_after_steps\": {", tasks);
-        for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
-            printf("%s\"%d\": %.6g", i ? ", " : "", ev.steps[i], ev.loss[i]);
-        if (ev.has_accuracy) {
-            printf("}, \"accuracy_after_steps\": {");
-            for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
-                printf("%s\"%d\": %.6g", i ? ", " : "", ev.steps[i], ev.accuracy[i]);
-            if (has_ci(task, &ev)) {
-                printf("}, \"accuracy_ci95\": {");
-                for (int i = 0; i < METASTEP_EVAL_POINTS; i++)
-                    printf("%s\"%d\": %.6g", i ? ", " : "", ev.steps[i],
-                           isfinite(ev.accuracy_ci95[i]) ? ev.accuracy_ci95[i] : 0.0);
-            }
-        }
-        printf("}}\n");
+    if (p.json) {
+        printf("{\"tasks\": %d", tasks);
+        json_heldout(stdout, task, &ev, "");
+        printf("}\n");
     } else {
         printf("held-out query %s on %d '%s' tasks (K=%d, inner lr %g):\n",
                ev.has_accuracy ? "loss and accuracy" : "loss", tasks, task->header.name, k, lr);
