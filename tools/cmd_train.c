@@ -33,6 +33,7 @@ typedef struct config {
     algo algo;
     long meta_steps;
     int meta_batch, inner_steps, k, eval_tasks, eval_every;
+    int threads; /* tasks of an unbatched meta-step at once (results do not depend on it) */
     double inner_lr, outer_lr;
     bool outer_adam, batched, quiet, force_resume, overwrite;
     uint64_t seed;
@@ -81,6 +82,8 @@ static void train_usage(FILE *f)
         "  --k N                support (and query) points per task               [10]\n"
         "  --shots N            the same as --k: support images per class (images task)\n"
         "  --batched            run all tasks of a meta-step as one batch (Ivy's batched=True)\n"
+        "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
+        "                       bit-identical for every N                  [cores online]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
         "  --dtype D            float32 | float64                                 [float32]\n"
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
@@ -840,10 +843,12 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
     if (c->algo == ALGO_REPTILE) {
         metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
         o.batched = c->batched;
+        o.threads = c->threads;
         st = metastep_reptile_step(batch, task->inner_cost, v, c->inner_steps, c->inner_lr, &o, r);
     } else {
         metastep_options o = METASTEP_OPTIONS_DEFAULT;
         o.batched = c->batched;
+        o.threads = c->threads;
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
     }
@@ -953,7 +958,7 @@ static bool write_summary(const config *c, const metastep_task *task, long steps
 enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
-    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_HELP = 'h'
+    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -970,6 +975,7 @@ static const struct option train_options[] = {
     {"outer-lr", required_argument, NULL, O_OUTER_LR}, {"seed", required_argument, NULL, O_SEED},
     {"batched", no_argument, NULL, O_BATCHED}, {"quiet", no_argument, NULL, O_QUIET},
     {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
+    {"threads", required_argument, NULL, O_THREADS},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1025,6 +1031,7 @@ static bool train_opt(void *user, int id, const char *v)
     case O_K: return util_int(v, 1, 100000, &c->k);
     case O_EVAL_TASKS: return util_int(v, 1, 100000, &c->eval_tasks);
     case O_EVAL_EVERY: return util_int(v, 1, 100000000, &c->eval_every);
+    case O_THREADS: return util_int(v, 1, 1024, &c->threads);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1058,6 +1065,8 @@ static int parse_train(int argc, char **argv, config *c)
                   .meta_batch = 25, .inner_steps = 1, .k = 10, .eval_tasks = 100,
                   .eval_every = 0, .inner_lr = 0.01, .outer_lr = 1e-3, .outer_adam = true,
                   .seed = 0, .dtype = MS_F32};
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    c->threads = cores > 1 ? (int)(cores < 1024 ? cores : 1024) : 1;
     parsed p = {.c = c};
     if (util_parse_options("train", argc, argv, train_options, train_opt, task_opt, &p) != 0)
         return 2;
