@@ -1,5 +1,6 @@
 /* Tensor creation, lifetime and scopes. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,12 +96,36 @@ bool ms__same_dtype(const char *fn, const ms_tensor *a, const ms_tensor *b)
     return true;
 }
 
+/* A thread's scope lists are freed when it exits (a pthread key destructor,
+ * registered by the thread's first list), so threads that come and go leak
+ * nothing. */
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static _Thread_local bool exit_registered;
+
+static void on_thread_exit(void *arg)
+{
+    (void)arg;
+    ms__thread_release();
+}
+
+static void make_exit_key(void) { (void)pthread_key_create(&exit_key, on_thread_exit); }
+
+static void register_thread_exit(void)
+{
+    exit_registered = true;
+    pthread_once(&exit_once, make_exit_key);
+    (void)pthread_setspecific(exit_key, &exit_registered); /* non-NULL: run the destructor */
+}
+
 static bool scope_add(struct thread_state *st, ms_tensor *t)
 {
     if (st->scope_top == 0)
         return true;
     scope *s = &st->scopes[st->scope_top - 1];
     if (s->n == s->cap) {
+        if (!exit_registered)
+            register_thread_exit();
         size_t cap = s->cap ? s->cap * 2 : 256;
         ms_tensor **items = realloc(s->items, cap * sizeof *items);
         if (!items)
@@ -237,6 +262,8 @@ static inline void release(struct thread_state *st, ms_tensor *t)
         return;
     if (st->releasing) {
         if (st->ndying == st->capdying) {
+            if (!exit_registered)
+                register_thread_exit();
             size_t cap = st->capdying ? st->capdying * 2 : 64;
             ms_tensor **d = realloc(st->dying, cap * sizeof *d);
             if (!d) { /* cannot defer: recurse instead */
