@@ -290,7 +290,8 @@ int main(int argc, char **argv)
             static char keep[2][256];
             strcpy(keep[is_b], argv[++i]);
             int k = 0;
-            algos[0] = algos[1] = false;
+            if (!is_b)
+                algos[0] = algos[1] = false;
             for (char *save = NULL, *t = strtok_r(keep[is_b], ",", &save); t;
                  t = strtok_r(NULL, ",", &save)) {
                 if (is_b && k < MAX_BACKENDS)
@@ -299,7 +300,7 @@ int main(int argc, char **argv)
                     algos[strcmp(t, "maml") != 0] = true, k++;
             }
             if (is_b)
-                nb = k, algos[0] = algos[1] = true;
+                nb = k;
             else
                 nalgos = k;
         } else {
