@@ -269,7 +269,7 @@ static void task_data(const mcfg *c, int t, bool outer, bool query, double (*x)[
     }
 }
 
-/* The first-order procedure (DESIGN.md "The meta steps", Ivy's
+/* The first-order procedure (docs/semantics.md "The meta steps", Ivy's
  * _train_task) for one task, written out: cost, gradient (over all
  * parameters, zero outside the outer mask) and the adapted parameters. */
 static double fomaml_task_by_hand(const mcfg *c, int t, double *grad, double *adapted)

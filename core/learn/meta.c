@@ -1,5 +1,5 @@
-/* The meta steps, following ../shared/DESIGN.md "The meta steps: exact
- * semantics" (which follows Ivy's ivy/functional/ivy/meta.py).
+/* The meta steps, following docs/semantics.md "The meta steps" (which
+ * follows Ivy's ivy/functional/ivy/meta.py).
  *
  * Memory: every inner step and every task runs in a scope of its own.  What
  * must outlive a scope is carried in containers (which hold their own
