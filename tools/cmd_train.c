@@ -293,19 +293,38 @@ static ms_container *adapt(const metastep_task *task, const ms_container *sub,
     return cur;
 }
 
+/* A plotting batch split into its tasks: the count, or -1 (batch released,
+ * error cleared) when there is no picture to draw; a missing figure is not a
+ * failure of the run. */
+static int unstack_for_plot(ms_container *batch, ms_container ***subs)
+{
+    int n = 0;
+    if (!batch || ms_container_unstack(batch, true, &n, subs) != MS_OK) {
+        ms_container_release(batch);
+        ms_clear_error();
+        return -1;
+    }
+    return n;
+}
+
+static void release_unstacked(ms_container *batch, ms_container **subs, int n)
+{
+    for (int i = 0; i < n; i++)
+        ms_container_release(subs[i]);
+    free(subs);
+    ms_container_release(batch);
+}
+
 static bool write_fits(const config *c, const metastep_task *task, const ms_container *vars)
 {
     if (!task->predict || !task->truth)
         return true;
     enum { NT = 4, NX = 200 };
     ms_scope_push();
-    ms_container *batch = task->sample(NT, c->k, FITS_SEED, c->dtype);
-    int n = 0;
-    ms_container **subs = NULL;
-    if (!batch || ms_container_unstack(batch, true, &n, &subs) != MS_OK) {
-        ms_container_release(batch);
+    ms_container *batch = task->sample(NT, c->k, FITS_SEED, c->dtype), **subs = NULL;
+    int n = unstack_for_plot(batch, &subs);
+    if (n < 0) {
         ms_scope_pop();
-        ms_clear_error();
         return true;
     }
     ms_tensor *x = ms_reshape(ms_linspace(c->dtype, -5, 5, NX), 2, (int64_t[]){NX, 1});
@@ -348,10 +367,7 @@ static bool write_fits(const config *c, const metastep_task *task, const ms_cont
     bool ok = plot_png(path, 1200, 900, panels, n < NT ? n : NT, 2, err, sizeof err) == 0;
     if (!ok)
         fprintf(stderr, "metastep: fits.png: %s\n", err);
-    for (int i = 0; i < n; i++)
-        ms_container_release(subs[i]);
-    free(subs);
-    ms_container_release(batch);
+    release_unstacked(batch, subs, n);
     ms_scope_pop();
     return ok;
 }
@@ -375,13 +391,10 @@ static bool write_episodes(const config *c, const metastep_task *task, const ms_
         return true;
     enum { NE = 3, MAXQ = 12, MAXS = 10, CELLS = MAXS + 1 + MAXQ };
     ms_scope_push();
-    ms_container *batch = task->sample_heldout(NE, c->k, EPISODES_SEED, c->dtype);
-    int n = 0;
-    ms_container **subs = NULL;
-    if (!batch || ms_container_unstack(batch, true, &n, &subs) != MS_OK) {
-        ms_container_release(batch);
+    ms_container *batch = task->sample_heldout(NE, c->k, EPISODES_SEED, c->dtype), **subs = NULL;
+    int n = unstack_for_plot(batch, &subs);
+    if (n < 0) {
         ms_scope_pop();
-        ms_clear_error();
         return true;
     }
     static plot_image cells[NE][CELLS];
@@ -450,10 +463,7 @@ static bool write_episodes(const config *c, const metastep_task *task, const ms_
     for (int e = 0; e < NE; e++)
         for (int i = 0; i < CELLS; i++)
             free(pix[e][i]);
-    for (int i = 0; i < n; i++)
-        ms_container_release(subs[i]);
-    free(subs);
-    ms_container_release(batch);
+    release_unstacked(batch, subs, n);
     ms_scope_pop();
     ms_clear_error();
     return ok;

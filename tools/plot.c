@@ -949,6 +949,24 @@ static int save_png(cairo_surface_t *surf, const char *path, char *err, size_t c
     return 0;
 }
 
+/* End drawing on cr (destroyed) and write surf (destroyed) to path: a
+ * drawing error is reported before anything is written. */
+static int finish_png(cairo_t *cr, cairo_surface_t *surf, const char *path, char *err,
+                      size_t cap)
+{
+    cairo_status_t st = cairo_status(cr);
+    cairo_destroy(cr);
+    cairo_surface_flush(surf);
+    if (st == CAIRO_STATUS_SUCCESS)
+        st = cairo_surface_status(surf);
+    if (st != CAIRO_STATUS_SUCCESS) {
+        set_err(err, cap, "plot: cairo: %s", cairo_status_to_string(st));
+        cairo_surface_destroy(surf);
+        return -1;
+    }
+    return save_png(surf, path, err, cap);
+}
+
 static int check_args(const char *path, int width, int height, const plot_panel *panels,
                       int npanels, int cols, char *err, size_t cap)
 {
@@ -1007,18 +1025,7 @@ int plot_png(const char *path, int width, int height, const plot_panel *panels, 
         rect cell = {(j % cols) * cw, (j / cols) * ch, cw, ch};
         draw_panel(&f, &panels[j], cell);
     }
-    cairo_status_t st = cairo_status(cr);
-    cairo_destroy(cr);
-    cairo_surface_flush(surf);
-    if (st == CAIRO_STATUS_SUCCESS)
-        st = cairo_surface_status(surf);
-    if (st != CAIRO_STATUS_SUCCESS) {
-        set_err(err, cap, "plot: cairo: %s", cairo_status_to_string(st));
-        cairo_surface_destroy(surf);
-        return -1;
-    }
-
-    return save_png(surf, path, err, cap);
+    return finish_png(cr, surf, path, err, cap);
 }
 
 /* ---- image grids ------------------------------------------------------- */
@@ -1130,15 +1137,5 @@ int plot_images_png(const char *path, const char *title, const plot_image_row *r
             }
         }
     }
-    cairo_status_t st = cairo_status(cr);
-    cairo_destroy(cr);
-    cairo_surface_flush(surf);
-    if (st == CAIRO_STATUS_SUCCESS)
-        st = cairo_surface_status(surf);
-    if (st != CAIRO_STATUS_SUCCESS) {
-        set_err(err, cap, "plot: cairo: %s", cairo_status_to_string(st));
-        cairo_surface_destroy(surf);
-        return -1;
-    }
-    return save_png(surf, path, err, cap);
+    return finish_png(cr, surf, path, err, cap);
 }
