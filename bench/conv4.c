@@ -32,6 +32,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "benchutil.h"
 #include "metastep/metastep.h"
 
 #define MAX_BACKENDS 8
@@ -41,32 +42,6 @@ typedef struct cfg {
     int ways, shots, query, filters, meta_batch, size, inner_steps;
 } cfg;
 static cfg C = {5, 1, 15, 32, 4, 28, 1};
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static long peak_rss_kib(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6))
-            kib = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return kib;
-}
 
 static void die_ms(const char *what)
 {
@@ -340,10 +315,10 @@ int main(int argc, char **argv)
             prepare(&runs[b]);
             if (!one_step(&runs[b], maml)) /* warm-up */
                 die_ms(backends[b]);
-            double t0 = now();
+            double t0 = bench_now();
             if (!one_step(&runs[b], maml))
                 die_ms(backends[b]);
-            double once = now() - t0;
+            double once = bench_now() - t0;
             runs[b].n = smoke ? 1 : (long)ceil(target / (once > 1e-6 ? once : 1e-6));
             if (runs[b].n < 1)
                 runs[b].n = 1;
@@ -352,15 +327,15 @@ int main(int argc, char **argv)
         for (int r = 0; r < repeats; r++)
             for (int b = 0; b < nb; b++) {
                 with_backend(backends[b]);
-                double t0 = now();
+                double t0 = bench_now();
                 for (long i = 0; i < runs[b].n; i++)
                     if (!one_step(&runs[b], maml))
                         die_ms(backends[b]);
-                runs[b].secs[r] = (now() - t0) / (double)runs[b].n;
+                runs[b].secs[r] = (bench_now() - t0) / (double)runs[b].n;
                 metastep_unset_backend();
             }
         for (int b = 0; b < nb; b++) {
-            qsort(runs[b].secs, (size_t)repeats, sizeof(double), cmp_double);
+            qsort(runs[b].secs, (size_t)repeats, sizeof(double), bench_cmp_double);
             double s = runs[b].secs[repeats / 2];
             if (json)
                 printf("%s\n  {\"algo\": \"%s\", \"backend\": \"%s\", \"seconds_per_step\": %.6g, "
@@ -377,7 +352,7 @@ int main(int argc, char **argv)
             metastep_optim_state_release(runs[b].opt);
         }
     }
-    double rss = (double)peak_rss_kib() / 1024.0;
+    double rss = (double)bench_peak_rss_kib() / 1024.0;
     if (json)
         printf("\n], \"peak_rss_mib\": %.2f, \"repeats\": %d}\n", rss, repeats);
     else

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "metastep/backend.h"
 #include "metastep/metastep.h"
 
@@ -36,28 +37,15 @@ static bool smoke; /* --smoke */
 #define SMOKE_MAX_WORK ((int64_t)1 << 24)
 #define MAX_BACKENDS 8
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Median seconds per call of fn(user) over REPEATS repeats. */
 typedef int (*bench_fn)(void *user);
 static double time_call(bench_fn fn, void *user)
 {
     if (fn(user) != 0) /* warm-up; also checks the call is served */
         return NAN;
-    double t0 = now();
+    double t0 = bench_now();
     fn(user);
-    double once = now() - t0;
+    double once = bench_now() - t0;
     long iters = once > 0 ? (long)(TARGET_SECONDS / once) : 1000;
     if (iters < 1 || smoke)
         iters = 1;
@@ -66,12 +54,12 @@ static double time_call(bench_fn fn, void *user)
     const int repeats = smoke ? 1 : REPEATS;
     double t[REPEATS];
     for (int r = 0; r < repeats; r++) {
-        t0 = now();
+        t0 = bench_now();
         for (long i = 0; i < iters; i++)
             fn(user);
-        t[r] = (now() - t0) / (double)iters;
+        t[r] = (bench_now() - t0) / (double)iters;
     }
-    qsort(t, (size_t)repeats, sizeof *t, cmp_double);
+    qsort(t, (size_t)repeats, sizeof *t, bench_cmp_double);
     return t[repeats / 2];
 }
 

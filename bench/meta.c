@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "metastep/metastep.h"
 #include "util.h" /* tools/util.c: JSON strings */
 
@@ -92,24 +93,11 @@ static ms_container *g_batches[NBATCHES];
 
 /* ------------------------------------------------------------- helpers */
 
-static double clock_s(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(const double *v, int n)
 {
     double s[MAX_REPEATS];
     memcpy(s, v, (size_t)n * sizeof *v);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    qsort(s, (size_t)n, sizeof *s, bench_cmp_double);
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
@@ -118,25 +106,6 @@ static void fail_ms(const char *what)
     const char *msg = NULL;
     ms_status st = ms_last_error(&msg);
     fprintf(stderr, "bench-meta: %s: %s\n", what, st != MS_OK && msg ? msg : "failed");
-}
-
-/* Peak resident set of this process in KiB: VmHWM, else ru_maxrss. */
-static long peak_rss_kib(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6))
-            kib = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    if (kib < 0) {
-        struct rusage ru;
-        if (getrusage(RUSAGE_SELF, &ru) == 0)
-            kib = ru.ru_maxrss;
-    }
-    return kib;
 }
 
 static void cpu_model(char *buf, size_t cap)
@@ -365,10 +334,10 @@ static bool prepare(run *r, algo a, int steps, bool batched, const options *o)
     }
     long n = 1;
     for (;;) {
-        double t0 = clock_s(CLOCK_MONOTONIC);
+        double t0 = bench_clock(CLOCK_MONOTONIC);
         if (!run_steps(r, a, steps, batched, n))
             return false;
-        double t = clock_s(CLOCK_MONOTONIC) - t0;
+        double t = bench_clock(CLOCK_MONOTONIC) - t0;
         if (t >= 0.2 * o->target || n >= (1L << 20)) {
             double per = t / (double)n;
             r->n = (long)ceil(o->target / (per > 1e-9 ? per : 1e-9));
@@ -416,10 +385,10 @@ static void bench_config(const options *o, algo a, int steps, bool batched, run 
                 continue;
             }
             g_threads = r->threads;
-            double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+            double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
             r->ok = run_steps(r, a, steps, batched, r->n);
-            r->wall[rep] = clock_s(CLOCK_MONOTONIC) - w0;
-            r->cpu[rep] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+            r->wall[rep] = bench_clock(CLOCK_MONOTONIC) - w0;
+            r->cpu[rep] = bench_clock(CLOCK_PROCESS_CPUTIME_ID) - c0;
             if (!r->ok)
                 fail_ms("meta-step failed");
             metastep_unset_backend();
@@ -729,7 +698,7 @@ int main(int argc, char **argv)
                 }
                 fflush(stdout);
             }
-    long peak = peak_rss_kib();
+    long peak = bench_peak_rss_kib();
     loadavg(load, sizeof load);
     if (!o.json) {
         printf("\npeak RSS of this process (all configurations above): %.1f MiB "
