@@ -23,6 +23,12 @@
  *                   [--steps 1,5] [--modes loop,batched] [--repeats N]
  *                   [--target SECONDS] [--n N] [--inner-v K,K] [--quick] [--json]
  *                   [--only ALGO:STEPS:MODE:BACKEND] [--dump DIR] [--threads N]
+ *                   [--engine compiled|eager|both]
+ *
+ * --engine: compiled (the default) makes one plan per configuration and
+ * backend (include/metastep/plan.h) and times its replays; eager times the
+ * step functions; both runs the two side by side, interleaved.  A compiled
+ * step runs on one thread whatever --threads says.
  *
  * --threads N (N > 1): every configuration and backend runs twice, with one
  * thread and with metastep_options.threads = N (the tasks of an unbatched
@@ -74,12 +80,15 @@ typedef struct options {
     const char *dump; /* --dump DIR: write the first step's inputs and outputs, no timing */
     int threads;      /* --threads N: also run every configuration on N threads */
     bool quick, json, only;
+    bool eager, both; /* --engine eager | both */
 } options;
 
 /* What one (configuration, backend) pair keeps across repeats. */
 typedef struct run {
     const char *backend;
     int threads; /* metastep_options.threads */
+    bool eager;  /* the step functions, not a compiled plan */
+    metastep_plan *plan;
     bool ok;
     ms_container *vars;
     metastep_optim_state *opt;
@@ -173,25 +182,34 @@ static const char *g_inner_v[8];
 static bool g_has_inner_v;
 
 /* The meta step alone (no outer update) of variables vars on batch: res
- * receives the cost and the meta-gradient.  Call inside a scope. */
+ * receives the cost and the meta-gradient.  With a plan slot, the step runs
+ * compiled (the plan is made on first use); NULL: the step functions.  Call
+ * inside a scope. */
 static ms_status meta_step(const ms_container *vars, algo a, int steps, bool batched,
-                           const ms_container *batch, metastep_result *res)
+                           const ms_container *batch, metastep_result *res,
+                           metastep_plan **plan)
 {
     ms_container *v = batched ? ms_container_replicate(vars, META_BATCH) : ms_container_copy(vars);
     ms_status st = v ? MS_OK : ms_last_error(NULL);
-    if (st == MS_OK && a == ALGO_REPTILE) {
-        metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
-        o.batched = batched;
-        o.threads = g_threads;
-        st = metastep_reptile_step(batch, g_task->inner_cost, v, steps, INNER_LR, &o, res);
-    } else if (st == MS_OK) {
-        metastep_options o = METASTEP_OPTIONS_DEFAULT;
-        o.batched = batched;
-        o.inner_v = g_has_inner_v ? g_inner_v : NULL;
-        o.threads = g_threads;
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.batched = batched;
+    o.inner_v = g_has_inner_v ? g_inner_v : NULL;
+    o.threads = g_threads;
+    metastep_reptile_options r = METASTEP_REPTILE_OPTIONS_DEFAULT;
+    r.batched = batched;
+    r.threads = g_threads;
+    if (st == MS_OK && plan && !*plan)
+        st = a == ALGO_REPTILE
+                 ? metastep_plan_reptile(g_task->inner_cost, steps, INNER_LR, &r, plan)
+                 : (a == ALGO_MAML ? metastep_plan_maml : metastep_plan_fomaml)(
+                       g_task->inner_cost, g_task->outer_cost, steps, INNER_LR, &o, plan);
+    if (st == MS_OK && plan)
+        st = metastep_plan_run(*plan, batch, v, res);
+    else if (st == MS_OK && a == ALGO_REPTILE)
+        st = metastep_reptile_step(batch, g_task->inner_cost, v, steps, INNER_LR, &r, res);
+    else if (st == MS_OK)
         st = (a == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, g_task->inner_cost, g_task->outer_cost, v, steps, INNER_LR, &o, res);
-    }
     ms_container_release(v);
     return st;
 }
@@ -201,7 +219,7 @@ static bool one_step(run *r, algo a, int steps, bool batched, const ms_container
 {
     ms_scope_push();
     metastep_result res = {0};
-    ms_status st = meta_step(r->vars, a, steps, batched, batch, &res);
+    ms_status st = meta_step(r->vars, a, steps, batched, batch, &res, r->eager ? NULL : &r->plan);
     ms_container *next = st == MS_OK ? metastep_optim_step(r->opt, r->vars, res.grads, OUTER_LR, true)
                                      : NULL;
     if (next) {
@@ -275,7 +293,7 @@ static bool dump_config(const char *dir, algo a, int steps, bool batched, const 
     metastep_result res = {0};
     ms_container *next = NULL;
     if (ok)
-        ok = meta_step(vars, a, steps, batched, g_batches[0], &res) == MS_OK;
+        ok = meta_step(vars, a, steps, batched, g_batches[0], &res, NULL) == MS_OK;
     if (ok)
         ok = (next = metastep_optim_step(opt, vars, res.grads, OUTER_LR, true)) != NULL;
     if (ok)
@@ -349,26 +367,37 @@ static bool prepare(run *r, algo a, int steps, bool batched, const options *o)
     }
 }
 
+static void release_run(run *r)
+{
+    ms_container_release(r->vars);
+    metastep_optim_state_release(r->opt);
+    metastep_plan_free(r->plan);
+    r->vars = NULL;
+    r->opt = NULL;
+    r->plan = NULL;
+}
+
 static void finish_run(run *r, int repeats)
 {
     double w = median(r->wall, repeats), c = median(r->cpu, repeats);
     r->rate = w > 0 ? (double)r->n / w : 0;
     r->cpu_rate = c > 0 ? (double)r->n / c : 0;
-    ms_container_release(r->vars);
-    metastep_optim_state_release(r->opt);
-    r->vars = NULL;
-    r->opt = NULL;
+    release_run(r);
 }
 
-/* Runs per configuration: each backend once, or twice with --threads N. */
-static int nruns(const options *o) { return o->nbackends * (o->threads > 1 ? 2 : 1); }
+/* Runs per configuration: per backend, per engine (--engine both: compiled,
+ * then eager), one thread (and N threads with --threads N). */
+static int per_backend(const options *o) { return (o->threads > 1 ? 2 : 1) * (o->both ? 2 : 1); }
+static int nruns(const options *o) { return o->nbackends * per_backend(o); }
 
 /* One configuration on every backend: calibrate each, then interleave. */
 static void bench_config(const options *o, algo a, int steps, bool batched, run *runs)
 {
-    const int per = o->threads > 1 ? 2 : 1, nr = nruns(o);
+    const int per = per_backend(o), tpr = o->threads > 1 ? 2 : 1, nr = nruns(o);
     for (int b = 0; b < nr; b++) {
-        runs[b] = (run){.backend = o->backends[b / per], .threads = b % per ? o->threads : 1};
+        runs[b] = (run){.backend = o->backends[b / per],
+                        .threads = (b % per) % tpr ? o->threads : 1,
+                        .eager = o->both ? (b % per) / tpr == 1 : o->eager};
         if (!push_backend(runs[b].backend))
             continue;
         g_threads = runs[b].threads;
@@ -397,16 +426,14 @@ static void bench_config(const options *o, algo a, int steps, bool batched, run 
     for (int b = 0; b < nr; b++)
         if (runs[b].ok)
             finish_run(&runs[b], o->repeats);
-        else {
-            ms_container_release(runs[b].vars);
-            metastep_optim_state_release(runs[b].opt);
-            runs[b].vars = NULL;
-            runs[b].opt = NULL;
-        }
+        else
+            release_run(&runs[b]);
 }
 
 /* The speed-up of run r over the one-thread run of its backend (just before
  * it), or 0 when r is a one-thread run. */
+static const char *engine_name(const run *r) { return r->eager ? "eager" : "compiled"; }
+
 static double speedup(const run *runs, int b)
 {
     const run *r = &runs[b];
@@ -437,6 +464,8 @@ static void usage(FILE *f)
             "                      and each configuration's first meta-gradient (and Adam update)\n"
             "                      as safetensors files in DIR\n"
             "  --only ALGO:STEPS:MODE:BACKEND   one configuration (for its own peak RSS)\n"
+            "  --engine E          compiled (metastep_plan_*), eager (the step functions),\n"
+            "                      or both side by side, interleaved  [compiled]\n"
             "  --threads N         also run each configuration with N threads (options.threads)\n"
             "                      and report the speed-up over one thread\n");
 }
@@ -560,6 +589,10 @@ static int parse(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--n")) {
             o->fixed_n = atol(v);
             ok = o->fixed_n >= 1 && o->fixed_n <= (1L << 30);
+        } else if (!strcmp(a, "--engine")) {
+            ok = !strcmp(v, "compiled") || !strcmp(v, "eager") || !strcmp(v, "both");
+            o->eager = !strcmp(v, "eager");
+            o->both = !strcmp(v, "both");
         } else if (!strcmp(a, "--threads")) {
             char *end;
             long t = strtol(v, &end, 10);
@@ -658,8 +691,9 @@ int main(int argc, char **argv)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (!o.json) {
         print_machine_text(cpu, cores, load, &o);
-        printf("\n%-8s %5s %-8s %-9s %3s %10s %10s %8s %7s %10s %8s\n", "algo", "inner", "mode",
-               "backend", "thr", "steps/s", "cpu-st/s", "cpu/wall", "N", "cost", "speed-up");
+        printf("\n%-8s %5s %-8s %-9s %-8s %3s %10s %10s %8s %7s %10s %8s\n", "algo", "inner",
+               "mode", "backend", "engine", "thr", "steps/s", "cpu-st/s", "cpu/wall", "N", "cost",
+               "speed-up");
         fflush(stdout);
     }
 
@@ -682,12 +716,14 @@ int main(int argc, char **argv)
                 for (int b = 0; b < nr; b++) {
                     run *r = &runs[b];
                     if (!r->ok) {
-                        printf("%-8s %5d %-8s %-9s %3d %10s\n", algo_names[a], steps,
-                               mode_names[batched], r->backend, r->threads, "failed");
+                        printf("%-8s %5d %-8s %-9s %-8s %3d %10s\n", algo_names[a], steps,
+                               mode_names[batched], r->backend, engine_name(r), r->threads,
+                               "failed");
                         continue;
                     }
-                    printf("%-8s %5d %-8s %-9s %3d %10.1f %10.1f %8.2f %7ld %10.4g", algo_names[a],
-                           steps, mode_names[batched], r->backend, r->threads, r->rate,
+                    printf("%-8s %5d %-8s %-9s %-8s %3d %10.1f %10.1f %8.2f %7ld %10.4g",
+                           algo_names[a], steps, mode_names[batched], r->backend, engine_name(r),
+                           r->threads, r->rate,
                            r->cpu_rate,
                            r->rate > 0 ? r->cpu_rate > 0 ? r->rate / r->cpu_rate : 0 : 0, r->n,
                            r->last_cost);
@@ -746,7 +782,7 @@ int main(int argc, char **argv)
                             printf(", \"ok\": false}");
                             continue;
                         }
-                        printf(", \"threads\": %d", r->threads);
+                        printf(", \"engine\": \"%s\", \"threads\": %d", engine_name(r), r->threads);
                         if (speedup(all + (size_t)c * (size_t)nr, b) > 0)
                             printf(", \"speedup\": %.3f", speedup(all + (size_t)c * (size_t)nr, b));
                         printf(", \"ok\": true, \"steps_per_s\": %.3f, \"cpu_steps_per_s\": %.3f, "

@@ -55,6 +55,15 @@ static void flush_cache(void *arg)
 static void make_key(void) { (void)pthread_key_create(&cache_key, flush_cache); }
 #endif
 
+_Thread_local void (*ms__alloc_observer)(void *p, size_t bytes, bool alloc);
+
+static void *observed(void *p, size_t c)
+{
+    if (p && ms__alloc_observer)
+        ms__alloc_observer(p, (size_t)1 << c, true);
+    return p;
+}
+
 void *ms__block_alloc(size_t bytes, size_t *cls)
 {
     if (bytes == 0)
@@ -68,7 +77,7 @@ void *ms__block_alloc(size_t bytes, size_t *cls)
     if (b) {
         tcache.head[c] = b->next;
         tcache.cached -= (size_t)1 << c;
-        return b;
+        return observed(b, c);
     }
     if (!tcache.registered) {
         /* the key's destructor returns a finished thread's cache to libc */
@@ -77,13 +86,15 @@ void *ms__block_alloc(size_t bytes, size_t *cls)
         tcache.registered = true;
     }
 #endif
-    return aligned_alloc(MS_ALIGN, (size_t)1 << c);
+    return observed(aligned_alloc(MS_ALIGN, (size_t)1 << c), c);
 }
 
 void ms__block_free(void *p, size_t cls)
 {
     if (!p)
         return;
+    if (ms__alloc_observer)
+        ms__alloc_observer(p, (size_t)1 << cls, false);
 #ifndef MS_NO_ALLOC_CACHE
     size_t bytes = (size_t)1 << cls;
     if (tcache.cached + bytes <= MS_CACHE_LIMIT) {

@@ -21,6 +21,10 @@
 /* --- allocator (alloc.c) --- */
 MS_HIDDEN void *ms__block_alloc(size_t bytes, size_t *cls);
 MS_HIDDEN void ms__block_free(void *p, size_t cls);
+/* When set (by a recording kernel tape, core/runtime/tape.c), told of every
+ * block this thread's allocator hands out (alloc true) or takes back, with
+ * the block's full size. */
+MS_HIDDEN extern _Thread_local void (*ms__alloc_observer)(void *p, size_t bytes, bool alloc);
 
 /* --- errors (error.c) --- */
 /* Record (st, message) as this thread's error unless one is already recorded.

@@ -103,7 +103,11 @@ static ms_status check_cost(const meta_cfg *c, const ms_tensor *cost, const char
         return ms__fail(MS_ERR_INVALID_ARG,
                         "%s: the %s cost function returned %lld elements, not one (step %d, task %d)",
                         c->fn, which, (long long)ms_tensor_numel(cost), step, task);
-    double v = ms_tensor_item(cost);
+    /* t->data, not ms_tensor_item: a compiled step's trace refuses host reads
+     * by the callables, not the step's own checks */
+    ms__tape_check(cost->data, 1, cost->dtype);
+    double v = cost->dtype == MS_F32 ? (double)*(const float *)cost->data
+                                     : *(const double *)cost->data;
     if (!isfinite(v))
         return ms__fail(MS_ERR_NUMERIC, "%s: the %s cost is %g at step %d of task %d", c->fn,
                         which, v, step, task);
@@ -115,7 +119,7 @@ static ms_status check_cost(const meta_cfg *c, const ms_tensor *cost, const char
  * vectorise it (x - x is 0 unless x is NaN or infinite). */
 #define SCAN_NONFINITE(T)                                                                    \
     do {                                                                                     \
-        const T *x = (const T *)ms_tensor_data(t);                                           \
+        const T *x = (const T *)t->data;                                                     \
         for (int64_t i0 = 0; i0 < n; i0 += 256) {                                            \
             const int64_t len = n - i0 < 256 ? n - i0 : 256;                                 \
             int bad = 0;                                                                     \
@@ -148,10 +152,11 @@ static ms_status check_grads(const meta_cfg *c, const ms_container *g, const cha
 {
     for (int i = 0; g && i < ms_container_size(g); i++) {
         const ms_tensor *t = ms_container_at(g, i);
+        ms__tape_check(t->data, t->numel, t->dtype);
         const int64_t at = first_nonfinite(t);
         if (at < 0)
             continue;
-        const void *data = ms_tensor_data(t);
+        const void *data = t->data;
         const double v = ms_tensor_dtype(t) == MS_F32 ? (double)((const float *)data)[at]
                                                       : ((const double *)data)[at];
         char where[64];

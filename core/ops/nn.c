@@ -266,7 +266,7 @@ static ms_tensor *scatter(const char *fn, const ms_tensor *g, int k, int s, int6
                 st = msk_binary(MS_BINARY_ADD, g->dtype, 1, &y->numel, y->data, &unit, tmp->data,
                                 &unit, sum->data);
             if (st == MS_OK)
-                memcpy(y->data, sum->data, (size_t)y->numel * es);
+                ms__host_copy(y->data, sum->data, (size_t)y->numel * es);
         }
     }
     ms_release(tmp);

@@ -609,7 +609,7 @@ ms_tensor *ms_reshape(const ms_tensor *t, int ndim, const int64_t *shape)
     if (!y)
         return NULL;
     if (y->numel)
-        memcpy(y->data, t->data, (size_t)y->numel * ms_dtype_size(t->dtype));
+        ms__host_copy(y->data, t->data, (size_t)y->numel * ms_dtype_size(t->dtype));
     if (ms__needs_grad(t, NULL, NULL))
         return ms__record(y, fn, bw_reshape, t, NULL, NULL, 0.0, NULL, 0);
     return y;

@@ -286,6 +286,11 @@ uint64_t metastep_fallback_count(const char *backend, int kernel)
         ms_loaded *l = active_backend();                                                     \
         if (!l)                                                                              \
             return MS_ERR_BACKEND;                                                           \
+        if (ms__taping()) {                                                                  \
+            ms_status rs = ms__tape_##slot ARGS;                                             \
+            if (rs != MS_OK)                                                                 \
+                return rs;                                                                   \
+        }                                                                                    \
         if (MS_BACKEND_HAS_SLOT(l->t, slot) && l->t->slot) {                                 \
             ms_status st = l->t->slot ARGS;                                                  \
             if (st != MS_ERR_UNSUPPORTED)                                                    \

@@ -45,6 +45,66 @@ MS_HIDDEN ms_status msk_where(ms_dtype dt, int ndim, const int64_t *shape, const
                               const int64_t *sc, const void *a, const int64_t *sa, const void *b,
                               const int64_t *sb, void *y);
 
+/* --- the kernel tape (tape.c): recording the kernels one eager meta step
+ * dispatches on this thread, planning their buffers, replaying them --- */
+typedef struct ms_tape ms_tape;
+MS_HIDDEN ms_tape *ms__tape_new(void);
+MS_HIDDEN void ms__tape_free(ms_tape *t);
+/* Start recording t on this thread (one tape per thread at a time). */
+MS_HIDDEN ms_status ms__tape_begin(ms_tape *t);
+MS_HIDDEN void ms__tape_end(void);
+MS_HIDDEN bool ms__taping(void);
+/* Register a caller's block (a tensor's whole block) as input `slot`;
+ * returns its buffer id (the same id for a block registered twice). */
+MS_HIDDEN int ms__tape_input(ms_tape *t, const void *block, size_t bytes, int slot);
+/* Mark the recording as not replayable, with the reason (the first wins). */
+MS_HIDDEN void ms__tape_refuse(const char *why);
+MS_HIDDEN const char *ms__tape_why(const ms_tape *t);
+MS_HIDDEN ms_status ms__tape_status(const ms_tape *t);
+/* Where an output's bytes are after a replay (call after recording, while
+ * the output's block is alive): buffer id and offset. */
+MS_HIDDEN ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id,
+                                    int64_t *off);
+/* Plan the arena; after this the tape can be replayed. */
+MS_HIDDEN ms_status ms__tape_finish(ms_tape *t);
+MS_HIDDEN void ms__tape_set_input(ms_tape *t, int id, const void *block);
+MS_HIDDEN ms_status ms__tape_replay(ms_tape *t);
+MS_HIDDEN void *ms__tape_addr(const ms_tape *t, int id, int64_t off);
+MS_HIDDEN size_t ms__tape_arena_bytes(const ms_tape *t);
+MS_HIDDEN int ms__tape_ops(const ms_tape *t);
+/* A finiteness check of n values the eager step makes: a replay makes it at
+ * the same point and stops with MS_ERR_NUMERIC (no message) when it fails. */
+MS_HIDDEN void ms__tape_check(const void *data, int64_t n, ms_dtype dt);
+/* memcpy between tensors' data, recorded when a tape records. */
+MS_HIDDEN void ms__host_copy(void *dst, const void *src, size_t bytes);
+/* Recorders, called by the msk_* dispatchers while a tape records. */
+MS_HIDDEN ms_status ms__tape_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y);
+MS_HIDDEN ms_status ms__tape_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                                    const void *a, const int64_t *sa, const void *b,
+                                    const int64_t *sb, void *y);
+MS_HIDDEN ms_status ms__tape_reduce(ms_reduce_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                                    uint32_t axes, const void *x, void *y);
+MS_HIDDEN ms_status ms__tape_gemm(ms_dtype dt, bool ta, bool tb, int64_t batch, int64_t m,
+                                  int64_t n, int64_t k, double alpha, const void *a, int64_t lda,
+                                  int64_t sa, const void *b, int64_t ldb, int64_t sb, double beta,
+                                  void *c, int64_t ldc, int64_t sc);
+MS_HIDDEN ms_status ms__tape_copy(ms_dtype dt, int ndim, const int64_t *shape, const void *src,
+                                  const int64_t *ss, void *dst, const int64_t *ds);
+MS_HIDDEN ms_status ms__tape_softmax(ms_dtype dt, bool log, int64_t outer, int64_t len,
+                                     int64_t inner, const void *x, void *y);
+MS_HIDDEN ms_status ms__tape_fill(ms_dtype dt, int ndim, const int64_t *shape, const int64_t *ds,
+                                  double value, void *dst);
+MS_HIDDEN ms_status ms__tape_arange(ms_dtype dt, int64_t n, double start, double step, void *y);
+MS_HIDDEN ms_status ms__tape_where(ms_dtype dt, int ndim, const int64_t *shape, const void *c,
+                                   const int64_t *sc, const void *a, const int64_t *sa,
+                                   const void *b, const int64_t *sb, void *y);
+MS_HIDDEN ms_status ms__tape_conv2d(ms_dtype dt, const ms_conv2d_desc *d, const void *x,
+                                    const void *w, const void *bias, void *y);
+MS_HIDDEN ms_status ms__tape_conv2d_backward_data(ms_dtype dt, const ms_conv2d_desc *d,
+                                                  const void *gy, const void *w, void *gx);
+MS_HIDDEN ms_status ms__tape_conv2d_backward_weights(ms_dtype dt, const ms_conv2d_desc *d,
+                                                     const void *x, const void *gy, void *gw);
+
 /* --- plugin loader (loader.c), shared by backends and task plugins --- */
 typedef struct ms_plugin_kind {
     const char *kind;         /* "backend", "task" */

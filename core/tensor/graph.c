@@ -69,7 +69,7 @@ static ms_tensor *leaf_copy(const char *fn, const ms_tensor *t, bool requires_gr
     if (!y)
         return NULL;
     if (t->numel)
-        memcpy(y->data, t->data, (size_t)t->numel * ms_dtype_size(t->dtype));
+        ms__host_copy(y->data, t->data, (size_t)t->numel * ms_dtype_size(t->dtype));
     y->requires_grad = requires_grad;
     return y;
 }

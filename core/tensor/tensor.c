@@ -473,7 +473,14 @@ ms_tensor *ms_copy(const ms_tensor *t)
 
 /* --- inspection --- */
 
-void *ms_tensor_data(const ms_tensor *t) { return t ? t->data : NULL; }
+/* Host access to data while a compiled step is traced means the callables
+ * may choose their kernels by value: such a trace is refused. */
+void *ms_tensor_data(const ms_tensor *t)
+{
+    if (ms__taping())
+        ms__tape_refuse("a callable read or wrote tensor data on the host (ms_tensor_data)");
+    return t ? t->data : NULL;
+}
 int ms_tensor_ndim(const ms_tensor *t) { return t ? t->ndim : 0; }
 const int64_t *ms_tensor_shape(const ms_tensor *t) { return t ? t->shape : NULL; }
 int64_t ms_tensor_numel(const ms_tensor *t) { return t ? t->numel : 0; }
@@ -481,6 +488,8 @@ ms_dtype ms_tensor_dtype(const ms_tensor *t) { return t ? t->dtype : MS_F32; }
 
 double ms_tensor_item(const ms_tensor *t)
 {
+    if (ms__taping())
+        ms__tape_refuse("a callable read a tensor's value on the host (ms_tensor_item)");
     if (!ms__check("ms_tensor_item", t, "t"))
         return NAN;
     if (t->numel != 1) {

@@ -1,0 +1,732 @@
+/* The kernel tape: what compiled meta steps (core/learn/plan.c) record and
+ * replay.
+ *
+ * While a tape records on a thread, every kernel call dispatched from that
+ * thread (msk_*) and every host copy the frontend makes between tensors
+ * (ms__host_copy) is appended to it with its arguments by value, and each
+ * buffer pointer is resolved to (buffer, byte offset):
+ *   - an input: a block registered with ms__tape_input (the caller's batch and
+ *     variables), replaced by the new inputs' blocks at replay;
+ *   - a temporary: a block the allocator handed out while recording (the
+ *     allocator tells the tape through ms__alloc_observer); at the end the
+ *     temporaries are packed into one arena by their lifetimes, so a replay
+ *     allocates nothing;
+ *   - a constant: memory from before the recording that is neither (a
+ *     scalar on the stack, a tensor the cost function captured), copied when
+ *     first read, as jax.jit captures closed-over arrays by value.
+ * A temporary read before any recorded op wrote it was written on the host
+ * (ms_tensor_from_data in a cost function): its content at that moment is
+ * saved and restored by the replay at the same point.
+ * Replaying runs the same kernels with the same arguments through the same
+ * dispatch (fallback to ref included) at 64-byte-aligned addresses like the
+ * eager ones, so it computes the same bits.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/runtime.h"
+
+enum { OP_HOSTCOPY = MS_KERNEL_COUNT, OP_RESTORE, OP_CHECK };
+enum { TB_INPUT, TB_TEMP, TB_CONST };
+
+typedef struct tref {
+    int32_t buf; /* -1: a NULL pointer */
+    int64_t off; /* bytes from the buffer's base */
+} tref;
+
+typedef struct tape_op {
+    int kind, sub, ndim;
+    ms_dtype dt;
+    bool f0, f1;
+    uint32_t axes;
+    int64_t shape[MS_MAX_DIMS];
+    int64_t st[3][MS_MAX_DIMS];
+    int64_t i[10];
+    double d[2];
+    ms_conv2d_desc cd;
+    tref p[4];
+} tape_op;
+
+typedef struct tbuf {
+    int kind, slot;
+    const char *start; /* while recording: the block (inputs, temporaries) */
+    size_t size;
+    int64_t lo, hi; /* byte range touched, from the base */
+    int first, last; /* op indices */
+    bool written;
+    void *snap;        /* constants: the data; temporaries: content to restore */
+    size_t arena_off;  /* temporaries */
+} tbuf;
+
+typedef struct live_block {
+    const char *start;
+    size_t size;
+    int id; /* buffer id, -1 until a recorded op touches it */
+} live_block;
+
+struct ms_tape {
+    tape_op *ops;
+    int nops, capops;
+    tbuf *bufs;
+    int nbufs, capbufs;
+    live_block *live;
+    int nlive, caplive;
+    char *arena;
+    size_t arena_bytes;
+    char **base; /* per buffer, for the current replay */
+    ms_status err;
+    char why[320]; /* why the recording cannot be replayed ("" when it can) */
+    bool finished;
+};
+
+static _Thread_local ms_tape *cur;
+
+/* ms_dtype_size lives in the tensor layer, above this one. */
+static size_t dtype_bytes(ms_dtype dt) { return dt == MS_F64 ? 8 : 4; }
+
+bool ms__taping(void) { return cur != NULL; }
+
+ms_tape *ms__tape_new(void) { return calloc(1, sizeof(ms_tape)); }
+
+void ms__tape_free(ms_tape *t)
+{
+    if (!t)
+        return;
+    if (cur == t)
+        ms__tape_end();
+    for (int i = 0; i < t->nbufs; i++)
+        free(t->bufs[i].snap);
+    free(t->bufs);
+    free(t->ops);
+    free(t->live);
+    free(t->arena);
+    free(t->base);
+    free(t);
+}
+
+static void refuse(ms_tape *t, const char *fmt, const char *arg)
+{
+    if (!t->why[0])
+        snprintf(t->why, sizeof t->why, fmt, arg);
+}
+
+void ms__tape_refuse(const char *what)
+{
+    if (cur)
+        refuse(cur, "%s", what);
+}
+
+const char *ms__tape_why(const ms_tape *t) { return t->why[0] ? t->why : NULL; }
+
+static bool grow(void **p, int *cap, int need, size_t elem)
+{
+    if (need <= *cap)
+        return true;
+    int n = *cap ? *cap * 2 : 64;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(*p, (size_t)n * elem);
+    if (!q)
+        return false;
+    *p = q;
+    *cap = n;
+    return true;
+}
+
+static void observe(void *p, size_t bytes, bool alloc)
+{
+    ms_tape *t = cur;
+    if (!t)
+        return;
+    if (alloc) {
+        if (!grow((void **)&t->live, &t->caplive, t->nlive + 1, sizeof *t->live)) {
+            t->err = MS_ERR_NOMEM;
+            return;
+        }
+        t->live[t->nlive++] = (live_block){p, bytes, -1};
+        return;
+    }
+    for (int i = t->nlive - 1; i >= 0; i--) {
+        if (t->live[i].start == p) {
+            t->live[i] = t->live[--t->nlive];
+            return;
+        }
+    }
+}
+
+ms_status ms__tape_begin(ms_tape *t)
+{
+    if (cur)
+        return ms__fail(MS_ERR_INVALID_ARG, "a compiled step is already being traced on this thread");
+    cur = t;
+    ms__alloc_observer = observe;
+    return MS_OK;
+}
+
+void ms__tape_end(void)
+{
+    cur = NULL;
+    ms__alloc_observer = NULL;
+}
+
+static int new_buf(ms_tape *t, int kind, const char *start, size_t size)
+{
+    if (!grow((void **)&t->bufs, &t->capbufs, t->nbufs + 1, sizeof *t->bufs)) {
+        t->err = MS_ERR_NOMEM;
+        return -1;
+    }
+    t->bufs[t->nbufs] = (tbuf){.kind = kind, .slot = -1, .start = start, .size = size,
+                               .lo = INT64_MAX, .hi = 0, .first = -1, .last = -1};
+    return t->nbufs++;
+}
+
+int ms__tape_input(ms_tape *t, const void *block, size_t bytes, int slot)
+{
+    for (int i = 0; i < t->nlive; i++)
+        if (t->live[i].start == block)
+            return t->live[i].id;
+    int id = new_buf(t, TB_INPUT, block, bytes);
+    if (id < 0)
+        return -1;
+    t->bufs[id].slot = slot;
+    if (!grow((void **)&t->live, &t->caplive, t->nlive + 1, sizeof *t->live)) {
+        t->err = MS_ERR_NOMEM;
+        return -1;
+    }
+    t->live[t->nlive++] = (live_block){block, bytes, id};
+    return id;
+}
+
+static live_block *find_live(ms_tape *t, const char *p)
+{
+    for (int i = t->nlive - 1; i >= 0; i--)
+        if (p >= t->live[i].start && p < t->live[i].start + t->live[i].size)
+            return &t->live[i];
+    return NULL;
+}
+
+/* The op being recorded: its index is t->nops; restores go before it. */
+static void touch(ms_tape *t, int id, int64_t lo, int64_t hi, int at)
+{
+    tbuf *b = &t->bufs[id];
+    if (lo < b->lo)
+        b->lo = lo;
+    if (hi > b->hi)
+        b->hi = hi;
+    if (b->first < 0)
+        b->first = at;
+    b->last = at;
+}
+
+static tape_op *append(ms_tape *t)
+{
+    if (!grow((void **)&t->ops, &t->capops, t->nops + 1, sizeof *t->ops)) {
+        t->err = MS_ERR_NOMEM;
+        return NULL;
+    }
+    tape_op *o = &t->ops[t->nops];
+    memset(o, 0, sizeof *o);
+    return o;
+}
+
+/* Resolve a pointer that the op about to be recorded reads (or writes) over
+ * bytes [lo, hi) from it. */
+static tref resolve(ms_tape *t, const void *ptr, int64_t lo, int64_t hi, bool write)
+{
+    if (!ptr || t->err)
+        return (tref){-1, 0};
+    const char *p = ptr;
+    if (hi <= lo) /* nothing touched: any valid reference does */
+        lo = hi = 0;
+    live_block *l = find_live(t, p + lo);
+    if (!l) {
+        if (write) {
+            refuse(t, "%s", "a kernel wrote memory that is neither the step's own nor its inputs'");
+            return (tref){-1, 0};
+        }
+        int id = new_buf(t, TB_CONST, p + lo, (size_t)(hi - lo));
+        if (id < 0)
+            return (tref){-1, 0};
+        tbuf *b = &t->bufs[id];
+        b->snap = malloc(hi > lo ? (size_t)(hi - lo) : 1);
+        if (!b->snap) {
+            t->err = MS_ERR_NOMEM;
+            return (tref){-1, 0};
+        }
+        if (hi > lo)
+            memcpy(b->snap, p + lo, (size_t)(hi - lo));
+        b->lo = 0;
+        b->hi = hi - lo;
+        return (tref){id, -lo};
+    }
+    int64_t off = p - l->start;
+    if (off + hi > (int64_t)l->size || off + lo < 0) {
+        refuse(t, "%s", "a kernel touched memory across the end of a block");
+        return (tref){-1, 0};
+    }
+    if (l->id < 0) {
+        l->id = new_buf(t, TB_TEMP, l->start, l->size);
+        if (l->id < 0)
+            return (tref){-1, 0};
+    }
+    tbuf *b = &t->bufs[l->id];
+    if (write && b->kind == TB_INPUT) {
+        refuse(t, "%s", "a kernel wrote into the caller's batch or variables");
+        return (tref){-1, 0};
+    }
+    if (!write && b->kind == TB_TEMP && !b->written && !b->snap) {
+        /* written on the host since it was allocated: restore it here */
+        b->snap = malloc(b->size);
+        tape_op *r = b->snap ? append(t) : NULL;
+        if (!r) {
+            t->err = MS_ERR_NOMEM;
+            return (tref){-1, 0};
+        }
+        memcpy(b->snap, b->start, b->size);
+        r->kind = OP_RESTORE;
+        r->p[0] = (tref){l->id, 0};
+        touch(t, l->id, 0, (int64_t)b->size, t->nops);
+        t->nops++;
+        b->written = true;
+    }
+    touch(t, l->id, off + lo, off + hi, t->nops);
+    if (write)
+        b->written = true;
+    return (tref){l->id, off};
+}
+
+/* Byte extent [lo, hi) of a strided access from its pointer. */
+static void extent(int ndim, const int64_t *shape, const int64_t *st, size_t es, int64_t *lo,
+                   int64_t *hi)
+{
+    int64_t a = 0, b = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == 0) {
+            *lo = *hi = 0;
+            return;
+        }
+        int64_t s = (shape[d] - 1) * st[d];
+        if (s < 0)
+            a += s;
+        else
+            b += s;
+    }
+    *lo = a * (int64_t)es;
+    *hi = (b + 1) * (int64_t)es;
+}
+
+static int64_t prod(int ndim, const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+    return n;
+}
+
+static tref rd(ms_tape *t, const void *p, int64_t bytes) { return resolve(t, p, 0, bytes, false); }
+static tref wr(ms_tape *t, const void *p, int64_t bytes) { return resolve(t, p, 0, bytes, true); }
+static tref rds(ms_tape *t, const void *p, int ndim, const int64_t *shape, const int64_t *st,
+                size_t es, bool write)
+{
+    int64_t lo, hi;
+    extent(ndim, shape, st, es, &lo, &hi);
+    return resolve(t, p, lo, hi, write);
+}
+
+static void set_shape(tape_op *o, int ndim, const int64_t *shape)
+{
+    for (int d = 0; shape && d < ndim; d++)
+        o->shape[d] = shape[d];
+}
+
+/* Each recorder builds its op on the stack, because resolving a pointer may
+ * append a restore, which must come first; reads are resolved before writes,
+ * so that a buffer both read and written (an in-place unary) is restored
+ * before it is overwritten. */
+#define REC_BEGIN(KIND, DT, NDIM, SHAPE)                                                     \
+    ms_tape *t = cur;                                                                        \
+    tape_op o;                                                                               \
+    memset(&o, 0, sizeof o);                                                                 \
+    o.kind = KIND;                                                                           \
+    o.dt = DT;                                                                               \
+    o.ndim = NDIM;                                                                           \
+    set_shape(&o, NDIM, SHAPE);                                                              \
+    size_t es = dtype_bytes(DT);                                                           \
+    (void)es;
+#define REC_END                                                                              \
+    tape_op *slot = t->err ? NULL : append(t);                                               \
+    if (slot)                                                                                \
+        *slot = o, t->nops++;                                                                \
+    return t->err;
+
+ms_status ms__tape_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y)
+{
+    REC_BEGIN(MS_KERNEL_UNARY, dt, 0, (const int64_t *)NULL)
+    o.sub = op;
+    o.i[0] = n;
+    o.p[0] = rd(t, x, n * (int64_t)es);
+    o.p[1] = wr(t, y, n * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                          const void *a, const int64_t *sa, const void *b, const int64_t *sb,
+                          void *y)
+{
+    REC_BEGIN(MS_KERNEL_BINARY, dt, ndim, shape)
+    o.sub = op;
+    memcpy(o.st[0], sa, (size_t)ndim * sizeof *sa);
+    memcpy(o.st[1], sb, (size_t)ndim * sizeof *sb);
+    o.p[0] = rds(t, a, ndim, shape, sa, es, false);
+    o.p[1] = rds(t, b, ndim, shape, sb, es, false);
+    o.p[2] = wr(t, y, prod(ndim, shape) * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_reduce(ms_reduce_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                          uint32_t axes, const void *x, void *y)
+{
+    REC_BEGIN(MS_KERNEL_REDUCE, dt, ndim, shape)
+    o.sub = op;
+    o.axes = axes;
+    int64_t ny = 1;
+    for (int d = 0; d < ndim; d++)
+        if (!(axes & (1u << d)))
+            ny *= shape[d];
+    o.p[0] = rd(t, x, prod(ndim, shape) * (int64_t)es);
+    o.p[1] = wr(t, y, ny * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_gemm(ms_dtype dt, bool ta, bool tb, int64_t batch, int64_t m, int64_t n,
+                        int64_t k, double alpha, const void *a, int64_t lda, int64_t sa,
+                        const void *b, int64_t ldb, int64_t sb, double beta, void *c,
+                        int64_t ldc, int64_t sc)
+{
+    REC_BEGIN(MS_KERNEL_GEMM, dt, 0, (const int64_t *)NULL)
+    o.f0 = ta;
+    o.f1 = tb;
+    int64_t v[9] = {batch, m, n, k, lda, sa, ldb, sb, ldc};
+    memcpy(o.i, v, sizeof v);
+    o.i[9] = sc;
+    o.d[0] = alpha;
+    o.d[1] = beta;
+    int64_t ea = 0, eb = 0, ec = 0;
+    if (batch > 0 && m > 0 && n > 0) {
+        if (k > 0) {
+            ea = (batch - 1) * sa + (ta ? (k - 1) * lda + m : (m - 1) * lda + k);
+            eb = (batch - 1) * sb + (tb ? (n - 1) * ldb + k : (k - 1) * ldb + n);
+        }
+        ec = (batch - 1) * sc + (m - 1) * ldc + n;
+    }
+    o.p[0] = rd(t, a, ea * (int64_t)es);
+    o.p[1] = rd(t, b, eb * (int64_t)es);
+    if (beta != 0)
+        (void)rd(t, c, ec * (int64_t)es);
+    o.p[2] = wr(t, c, ec * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_copy(ms_dtype dt, int ndim, const int64_t *shape, const void *src,
+                        const int64_t *ss, void *dst, const int64_t *ds)
+{
+    REC_BEGIN(MS_KERNEL_COPY, dt, ndim, shape)
+    memcpy(o.st[0], ss, (size_t)ndim * sizeof *ss);
+    memcpy(o.st[1], ds, (size_t)ndim * sizeof *ds);
+    o.p[0] = rds(t, src, ndim, shape, ss, es, false);
+    o.p[1] = rds(t, dst, ndim, shape, ds, es, true);
+    REC_END
+}
+
+ms_status ms__tape_softmax(ms_dtype dt, bool log, int64_t outer, int64_t len, int64_t inner,
+                           const void *x, void *y)
+{
+    REC_BEGIN(MS_KERNEL_SOFTMAX, dt, 0, (const int64_t *)NULL)
+    o.f0 = log;
+    o.i[0] = outer;
+    o.i[1] = len;
+    o.i[2] = inner;
+    o.p[0] = rd(t, x, outer * len * inner * (int64_t)es);
+    o.p[1] = wr(t, y, outer * len * inner * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_fill(ms_dtype dt, int ndim, const int64_t *shape, const int64_t *ds,
+                        double value, void *dst)
+{
+    REC_BEGIN(MS_KERNEL_FILL, dt, ndim, shape)
+    memcpy(o.st[0], ds, (size_t)ndim * sizeof *ds);
+    o.d[0] = value;
+    o.p[0] = rds(t, dst, ndim, shape, ds, es, true);
+    REC_END
+}
+
+ms_status ms__tape_arange(ms_dtype dt, int64_t n, double start, double step, void *y)
+{
+    REC_BEGIN(MS_KERNEL_ARANGE, dt, 0, (const int64_t *)NULL)
+    o.i[0] = n;
+    o.d[0] = start;
+    o.d[1] = step;
+    o.p[0] = wr(t, y, n * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_where(ms_dtype dt, int ndim, const int64_t *shape, const void *c,
+                         const int64_t *sc, const void *a, const int64_t *sa, const void *b,
+                         const int64_t *sb, void *y)
+{
+    REC_BEGIN(MS_KERNEL_WHERE, dt, ndim, shape)
+    memcpy(o.st[0], sc, (size_t)ndim * sizeof *sc);
+    memcpy(o.st[1], sa, (size_t)ndim * sizeof *sa);
+    memcpy(o.st[2], sb, (size_t)ndim * sizeof *sb);
+    o.p[0] = rds(t, c, ndim, shape, sc, es, false);
+    o.p[1] = rds(t, a, ndim, shape, sa, es, false);
+    o.p[2] = rds(t, b, ndim, shape, sb, es, false);
+    o.p[3] = wr(t, y, prod(ndim, shape) * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_conv2d(ms_dtype dt, const ms_conv2d_desc *d, const void *x, const void *w,
+                          const void *bias, void *y)
+{
+    REC_BEGIN(MS_KERNEL_CONV2D, dt, 0, (const int64_t *)NULL)
+    o.cd = *d;
+    o.p[0] = rd(t, x, d->n * d->c * d->h * d->w * (int64_t)es);
+    o.p[1] = rd(t, w, d->o * d->c * d->kh * d->kw * (int64_t)es);
+    o.p[2] = rd(t, bias, d->o * (int64_t)es);
+    o.p[3] = wr(t, y, d->n * d->o * d->oh * d->ow * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_conv2d_backward_data(ms_dtype dt, const ms_conv2d_desc *d, const void *gy,
+                                        const void *w, void *gx)
+{
+    REC_BEGIN(MS_KERNEL_CONV2D_BWD_DATA, dt, 0, (const int64_t *)NULL)
+    o.cd = *d;
+    o.p[0] = rd(t, gy, d->n * d->o * d->oh * d->ow * (int64_t)es);
+    o.p[1] = rd(t, w, d->o * d->c * d->kh * d->kw * (int64_t)es);
+    o.p[2] = wr(t, gx, d->n * d->c * d->h * d->w * (int64_t)es);
+    REC_END
+}
+
+ms_status ms__tape_conv2d_backward_weights(ms_dtype dt, const ms_conv2d_desc *d, const void *x,
+                                           const void *gy, void *gw)
+{
+    REC_BEGIN(MS_KERNEL_CONV2D_BWD_WEIGHTS, dt, 0, (const int64_t *)NULL)
+    o.cd = *d;
+    o.p[0] = rd(t, x, d->n * d->c * d->h * d->w * (int64_t)es);
+    o.p[1] = rd(t, gy, d->n * d->o * d->oh * d->ow * (int64_t)es);
+    o.p[2] = wr(t, gw, d->o * d->c * d->kh * d->kw * (int64_t)es);
+    REC_END
+}
+
+void ms__host_copy(void *dst, const void *src, size_t bytes)
+{
+    if (cur && bytes) {
+        ms_tape *t = cur;
+        tape_op o;
+        memset(&o, 0, sizeof o);
+        o.kind = OP_HOSTCOPY;
+        o.i[0] = (int64_t)bytes;
+        o.p[0] = rd(t, src, (int64_t)bytes);
+        o.p[1] = wr(t, dst, (int64_t)bytes);
+        tape_op *slot = t->err ? NULL : append(t);
+        if (slot)
+            *slot = o, t->nops++;
+    }
+    if (bytes)
+        memcpy(dst, src, bytes);
+}
+
+void ms__tape_check(const void *data, int64_t n, ms_dtype dt)
+{
+    ms_tape *t = cur;
+    if (!t || n <= 0)
+        return;
+    tape_op o;
+    memset(&o, 0, sizeof o);
+    o.kind = OP_CHECK;
+    o.dt = dt;
+    o.i[0] = n;
+    o.p[0] = rd(t, data, n * (int64_t)dtype_bytes(dt));
+    tape_op *slot = t->err ? NULL : append(t);
+    if (slot)
+        *slot = o, t->nops++;
+}
+
+static bool all_finite(const void *p, int64_t n, ms_dtype dt)
+{
+    int bad = 0; /* x - x is 0 unless x is NaN or infinite */
+    if (dt == MS_F32)
+        for (int64_t i = 0; i < n; i++)
+            bad |= (((const float *)p)[i] - ((const float *)p)[i]) != 0;
+    else
+        for (int64_t i = 0; i < n; i++)
+            bad |= (((const double *)p)[i] - ((const double *)p)[i]) != 0;
+    return !bad;
+}
+
+ms_status ms__tape_status(const ms_tape *t) { return t->err; }
+
+ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id, int64_t *off)
+{
+    tref r = resolve(t, ptr, 0, (int64_t)bytes, false);
+    if (t->err)
+        return t->err;
+    if (r.buf < 0)
+        return MS_ERR_INVALID_ARG;
+    /* an output lives to the end */
+    t->bufs[r.buf].last = t->nops;
+    *id = r.buf;
+    *off = r.off;
+    return MS_OK;
+}
+
+/* Pack the temporaries into one arena: biggest first, each at the lowest
+ * 64-byte-aligned offset where it overlaps no placed buffer alive at the
+ * same time. */
+ms_status ms__tape_finish(ms_tape *t)
+{
+    if (t->err)
+        return t->err;
+    int n = 0;
+    int *order = malloc(((size_t)t->nbufs + 1) * sizeof *order);
+    t->base = calloc((size_t)t->nbufs + 1, sizeof *t->base);
+    if (!order || !t->base) {
+        free(order);
+        return MS_ERR_NOMEM;
+    }
+    for (int i = 0; i < t->nbufs; i++) {
+        tbuf *b = &t->bufs[i];
+        if (b->kind != TB_TEMP)
+            continue;
+        b->lo &= ~(int64_t)63;
+        if (b->hi < b->lo)
+            b->hi = b->lo;
+        order[n++] = i;
+    }
+    for (int a = 1; a < n; a++) { /* insertion sort, biggest first, stable */
+        int v = order[a], j = a;
+        int64_t sv = t->bufs[v].hi - t->bufs[v].lo;
+        while (j > 0 && t->bufs[order[j - 1]].hi - t->bufs[order[j - 1]].lo < sv) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = v;
+    }
+    size_t total = 0;
+    for (int a = 0; a < n; a++) {
+        tbuf *b = &t->bufs[order[a]];
+        size_t sz = ((size_t)(b->hi - b->lo) + 63) & ~(size_t)63, off = 0;
+        for (bool moved = true; moved;) {
+            moved = false;
+            for (int c = 0; c < a; c++) {
+                tbuf *o = &t->bufs[order[c]];
+                size_t osz = ((size_t)(o->hi - o->lo) + 63) & ~(size_t)63;
+                bool same_time = !(o->last < b->first || b->last < o->first);
+                if (same_time && off < o->arena_off + osz && o->arena_off < off + sz) {
+                    off = o->arena_off + osz;
+                    moved = true;
+                }
+            }
+        }
+        b->arena_off = off;
+        if (off + sz > total)
+            total = off + sz;
+    }
+    free(order);
+    t->arena = aligned_alloc(64, total ? total : 64);
+    if (!t->arena)
+        return MS_ERR_NOMEM;
+    t->arena_bytes = total;
+    for (int i = 0; i < t->nbufs; i++) {
+        tbuf *b = &t->bufs[i];
+        if (b->kind == TB_TEMP)
+            t->base[i] = t->arena + b->arena_off - b->lo;
+        else if (b->kind == TB_CONST)
+            t->base[i] = b->snap;
+        b->start = NULL; /* the recording's blocks are gone */
+    }
+    t->finished = true;
+    return MS_OK;
+}
+
+size_t ms__tape_arena_bytes(const ms_tape *t) { return t->arena_bytes; }
+int ms__tape_ops(const ms_tape *t) { return t->nops; }
+
+void ms__tape_set_input(ms_tape *t, int id, const void *block) { t->base[id] = (char *)block; }
+
+void *ms__tape_addr(const ms_tape *t, int id, int64_t off) { return t->base[id] + off; }
+
+#define P(k) (o->p[k].buf < 0 ? NULL : (void *)(t->base[o->p[k].buf] + o->p[k].off))
+
+ms_status ms__tape_replay(ms_tape *t)
+{
+    if (!t->finished)
+        return MS_ERR_INVALID_ARG;
+    ms_status st = MS_OK;
+    for (int k = 0; k < t->nops && st == MS_OK; k++) {
+        const tape_op *o = &t->ops[k];
+        const int64_t *i = o->i;
+        switch (o->kind) {
+        case MS_KERNEL_UNARY:
+            st = msk_unary(o->sub, o->dt, i[0], P(0), P(1));
+            break;
+        case MS_KERNEL_BINARY:
+            st = msk_binary(o->sub, o->dt, o->ndim, o->shape, P(0), o->st[0], P(1), o->st[1],
+                            P(2));
+            break;
+        case MS_KERNEL_REDUCE:
+            st = msk_reduce(o->sub, o->dt, o->ndim, o->shape, o->axes, P(0), P(1));
+            break;
+        case MS_KERNEL_GEMM:
+            st = msk_gemm(o->dt, o->f0, o->f1, i[0], i[1], i[2], i[3], o->d[0], P(0), i[4], i[5],
+                          P(1), i[6], i[7], o->d[1], P(2), i[8], i[9]);
+            break;
+        case MS_KERNEL_COPY:
+            st = msk_copy(o->dt, o->ndim, o->shape, P(0), o->st[0], P(1), o->st[1]);
+            break;
+        case MS_KERNEL_SOFTMAX:
+            st = msk_softmax(o->dt, o->f0, i[0], i[1], i[2], P(0), P(1));
+            break;
+        case MS_KERNEL_FILL:
+            st = msk_fill(o->dt, o->ndim, o->shape, o->st[0], o->d[0], P(0));
+            break;
+        case MS_KERNEL_ARANGE:
+            st = msk_arange(o->dt, i[0], o->d[0], o->d[1], P(0));
+            break;
+        case MS_KERNEL_WHERE:
+            st = msk_where(o->dt, o->ndim, o->shape, P(0), o->st[0], P(1), o->st[1], P(2),
+                           o->st[2], P(3));
+            break;
+        case MS_KERNEL_CONV2D:
+            st = msk_conv2d(o->dt, &o->cd, P(0), P(1), P(2), P(3));
+            break;
+        case MS_KERNEL_CONV2D_BWD_DATA:
+            st = msk_conv2d_backward_data(o->dt, &o->cd, P(0), P(1), P(2));
+            break;
+        case MS_KERNEL_CONV2D_BWD_WEIGHTS:
+            st = msk_conv2d_backward_weights(o->dt, &o->cd, P(0), P(1), P(2));
+            break;
+        case OP_HOSTCOPY: {
+            char *dst = P(1), *src = P(0);
+            if (dst && src)
+                memcpy(dst, src, (size_t)i[0]);
+            break;
+        }
+        case OP_CHECK:
+            if (!all_finite(P(0), i[0], o->dt))
+                st = MS_ERR_NUMERIC;
+            break;
+        case OP_RESTORE: {
+            const tbuf *b = &t->bufs[o->p[0].buf];
+            memcpy(t->base[o->p[0].buf], b->snap, b->size);
+            break;
+        }
+        default:
+            st = MS_ERR_INVALID_ARG;
+        }
+    }
+    return st;
+}
