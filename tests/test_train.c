@@ -223,6 +223,39 @@ START_TEST(images_command)
 }
 END_TEST
 
+/* --engine compiled and --engine eager train byte-identical parameters: the
+ * compiled plan replays the eager step's kernels (include/metastep/plan.h).
+ * Sine and images, the three algorithms, batched and unbatched. */
+START_TEST(engines_identical)
+{
+    struct stat st;
+    bool images = stat(FMNIST, &st) == 0;
+    const char *tasks[] = {"--task sine --inner-steps 2",
+                           "--task images --ways 3 --shots 1 --query 2 --filters 4 --inner-lr 0.4"};
+    const char *algos[] = {"maml", "fomaml", "reptile"};
+    char cmd[1024], out[8192], dirs[2][256];
+    for (int t = 0; t < (images ? 2 : 1); t++)
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 2; b++) {
+                for (int e = 0; e < 2; e++) {
+                    make_dir();
+                    snprintf(dirs[e], sizeof dirs[e], "%s", dir);
+                    snprintf(cmd, sizeof cmd,
+                             "%s train %s --algo %s %s --engine %s --threads 1 --meta-steps 4 "
+                             "--meta-batch 3 --eval-tasks 2 --quiet --out %s 2>&1",
+                             METASTEP_EXE, tasks[t], algos[a], b ? "--batched" : "",
+                             e ? "eager" : "compiled", dir);
+                    ck_assert_msg(run(cmd, out, sizeof out) == 0, "%s: %s", cmd, out);
+                }
+                snprintf(cmd, sizeof cmd, "cmp %s/params.safetensors %s/params.safetensors 2>&1",
+                         dirs[0], dirs[1]);
+                ck_assert_msg(run(cmd, out, sizeof out) == 0, "%s %s %s: %s", tasks[t],
+                              algos[a], b ? "batched" : "unbatched", out);
+            }
+    ck_assert_int_eq(run(METASTEP_EXE " train --engine fast 2>&1", out, sizeof out), 2);
+}
+END_TEST
+
 /* Bad task options: rejected with a message naming the option. */
 START_TEST(images_bad_flags)
 {
@@ -903,6 +936,7 @@ int main(void)
     tcase_add_test(tc, maml_learns_sine);
 #else
     tcase_add_test(tc, images_command);
+    tcase_add_test(tc, engines_identical);
     tcase_add_test(tc, images_bad_flags);
     tcase_add_test(tc, task_abi_1_0);
     tcase_add_test(tc, train_writes_everything);

@@ -26,6 +26,8 @@
 #define MAX_TASK_OPTS 32
 
 typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE } algo;
+typedef enum { ENGINE_AUTO, ENGINE_COMPILED, ENGINE_EAGER } engine;
+static const char *const engine_names[] = {"auto", "compiled", "eager"};
 static const char *const algo_names[] = {"maml", "fomaml", "reptile"};
 
 typedef struct config {
@@ -34,6 +36,7 @@ typedef struct config {
     long meta_steps;
     int meta_batch, inner_steps, k, eval_tasks, eval_every;
     int threads; /* tasks of an unbatched meta-step at once (results do not depend on it) */
+    int engine;  /* ENGINE_*: compiled plan or the step functions */
     double inner_lr, outer_lr;
     bool outer_adam, batched, quiet, force_resume, overwrite;
     uint64_t seed;
@@ -84,6 +87,10 @@ static void train_usage(FILE *f)
         "  --batched            run all tasks of a meta-step as one batch (Ivy's batched=True)\n"
         "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
         "                       bit-identical for every N                  [cores online]\n"
+        "  --engine E           compiled: trace the meta-step once and replay it\n"
+        "                       (metastep_plan_*; one thread); eager: the step\n"
+        "                       functions; auto: compiled unless unbatched with\n"
+        "                       --threads above 1; results are identical    [auto]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
         "  --dtype D            float32 | float64                                 [float32]\n"
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
@@ -843,25 +850,42 @@ static bool write_curves(const char *dir, bool accuracy)
 
 /* ----------------------------------------------------------- the loop */
 
+/* Whether the meta-steps run as a compiled plan: --engine auto compiles
+ * unless the tasks of an unbatched step run on several threads (a plan
+ * replays on one). */
+static bool compiled(const config *c)
+{
+    return c->engine == ENGINE_COMPILED ||
+           (c->engine == ENGINE_AUTO && (c->batched || c->threads <= 1));
+}
+
+/* One meta step; with a plan slot, compiled (the plan is made on first use,
+ * include/metastep/plan.h), else with the step functions. */
 static ms_status meta_step(const config *c, const metastep_task *task, const ms_container *batch,
-                           const ms_container *vars, metastep_result *r)
+                           const ms_container *vars, metastep_plan **plan, metastep_result *r)
 {
     ms_container *v = c->batched ? ms_container_replicate(vars, c->meta_batch) : ms_container_copy(vars);
     if (!v)
         return ms_last_error(NULL);
-    ms_status st;
-    if (c->algo == ALGO_REPTILE) {
-        metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
-        o.batched = c->batched;
-        o.threads = c->threads;
-        st = metastep_reptile_step(batch, task->inner_cost, v, c->inner_steps, c->inner_lr, &o, r);
-    } else {
-        metastep_options o = METASTEP_OPTIONS_DEFAULT;
-        o.batched = c->batched;
-        o.threads = c->threads;
+    ms_status st = MS_OK;
+    metastep_reptile_options ro = METASTEP_REPTILE_OPTIONS_DEFAULT;
+    ro.batched = c->batched;
+    ro.threads = c->threads;
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.batched = c->batched;
+    o.threads = c->threads;
+    if (plan && !*plan)
+        st = c->algo == ALGO_REPTILE
+                 ? metastep_plan_reptile(task->inner_cost, c->inner_steps, c->inner_lr, &ro, plan)
+                 : (c->algo == ALGO_MAML ? metastep_plan_maml : metastep_plan_fomaml)(
+                       task->inner_cost, task->outer_cost, c->inner_steps, c->inner_lr, &o, plan);
+    if (st == MS_OK && plan)
+        st = metastep_plan_run(*plan, batch, v, r);
+    else if (st == MS_OK && c->algo == ALGO_REPTILE)
+        st = metastep_reptile_step(batch, task->inner_cost, v, c->inner_steps, c->inner_lr, &ro, r);
+    else if (st == MS_OK)
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
-    }
     ms_container_release(v);
     return st;
 }
@@ -968,7 +992,7 @@ static bool write_summary(const config *c, const metastep_task *task, long steps
 enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
-    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_HELP = 'h'
+    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_ENGINE, O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -986,6 +1010,7 @@ static const struct option train_options[] = {
     {"batched", no_argument, NULL, O_BATCHED}, {"quiet", no_argument, NULL, O_QUIET},
     {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
     {"threads", required_argument, NULL, O_THREADS},
+    {"engine", required_argument, NULL, O_ENGINE},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1042,6 +1067,11 @@ static bool train_opt(void *user, int id, const char *v)
     case O_EVAL_TASKS: return util_int(v, 1, 100000, &c->eval_tasks);
     case O_EVAL_EVERY: return util_int(v, 1, 100000000, &c->eval_every);
     case O_THREADS: return util_int(v, 1, 1024, &c->threads);
+    case O_ENGINE: {
+        int k = util_choice(v, engine_names, 3);
+        c->engine = k < 0 ? 0 : k;
+        return k >= 0;
+    }
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1238,6 +1268,7 @@ int cmd_train(int argc, char **argv)
     /* the last state whose loss was sound, kept for a divergence */
     ms_container *good_vars = NULL, *good_os = NULL;
     long good_step = -1;
+    metastep_plan *plan = NULL;
     char diverged[512] = "";
     bool log_failed = false;
     for (; step < c.meta_steps && !interrupted; step++) {
@@ -1245,7 +1276,8 @@ int cmd_train(int argc, char **argv)
         uint64_t bseed = c.seed * 1000003ull + (uint64_t)step + 1;
         ms_container *batch = task->sample(c.meta_batch, c.k, bseed, c.dtype);
         metastep_result r = {0};
-        ms_status st = batch ? meta_step(&c, task, batch, vars, &r) : ms_last_error(NULL);
+        ms_status st = batch ? meta_step(&c, task, batch, vars, compiled(&c) ? &plan : NULL, &r)
+                             : ms_last_error(NULL);
         ms_container *next = NULL;
         if (st == MS_OK) {
             loss = ms_tensor_item(r.cost);
@@ -1321,6 +1353,7 @@ int cmd_train(int argc, char **argv)
         log_failed = true;
     }
     sigaction(SIGINT, &old, NULL);
+    metastep_plan_free(plan);
     ms_clear_error();
     if (diverged[0]) {
         /* keep the last sound state: the step before the divergence */
