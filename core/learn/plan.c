@@ -1,6 +1,7 @@
 /* Compiled meta steps (include/metastep/plan.h): the eager step recorded on
  * a kernel tape (core/runtime/tape.c) and replayed. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -289,6 +290,12 @@ static ms_status trace(metastep_plan *p, const ms_container *b, const ms_contain
         return st;
     }
     p->backend = ms__backend_handle();
+    const char *dump = getenv("METASTEP_PLAN_DUMP");
+    FILE *f = dump && *dump ? fopen(dump, "w") : NULL;
+    if (f) {
+        ms__tape_dump(p->tape, f);
+        fclose(f);
+    }
     p->info.traces++;
     p->info.kernels = ms__tape_ops(p->tape);
     p->info.arena_bytes = ms__tape_arena_bytes(p->tape);

@@ -5,6 +5,8 @@
 #ifndef METASTEP_CORE_RUNTIME_H
 #define METASTEP_CORE_RUNTIME_H
 
+#include <stdio.h>
+
 #include "base/base.h"
 
 /* --- dispatch (runtime.c): the active backend, with fallback to ref --- */
@@ -72,6 +74,8 @@ MS_HIDDEN ms_status ms__tape_replay(ms_tape *t);
 MS_HIDDEN void *ms__tape_addr(const ms_tape *t, int id, int64_t off);
 MS_HIDDEN size_t ms__tape_arena_bytes(const ms_tape *t);
 MS_HIDDEN int ms__tape_ops(const ms_tape *t);
+/* One line per recorded operation (METASTEP_PLAN_DUMP, for profiling). */
+MS_HIDDEN void ms__tape_dump(const ms_tape *t, FILE *f);
 /* A finiteness check of n values the eager step makes: a replay makes it at
  * the same point and stops with MS_ERR_NUMERIC (no message) when it fails. */
 MS_HIDDEN void ms__tape_check(const void *data, int64_t n, ms_dtype dt);

@@ -569,6 +569,58 @@ static bool all_finite(const void *p, int64_t n, ms_dtype dt)
 
 ms_status ms__tape_status(const ms_tape *t) { return t->err; }
 
+static void dims(FILE *f, int ndim, const int64_t *v)
+{
+    fputc('(', f);
+    for (int d = 0; d < ndim; d++)
+        fprintf(f, "%s%lld", d ? "," : "", (long long)v[d]);
+    fputc(')', f);
+}
+
+void ms__tape_dump(const ms_tape *t, FILE *f)
+{
+    static const char *const extra[] = {"hostcopy", "restore", "check"};
+    for (int k = 0; k < t->nops; k++) {
+        const tape_op *o = &t->ops[k];
+        fprintf(f, "%5d %-8s %s", k,
+                o->kind < MS_KERNEL_COUNT ? ms_kernel_name(o->kind) : extra[o->kind - OP_HOSTCOPY],
+                o->dt == MS_F64 ? "f64" : "f32");
+        switch (o->kind) {
+        case MS_KERNEL_UNARY:
+        case MS_KERNEL_ARANGE:
+        case OP_HOSTCOPY:
+        case OP_CHECK:
+            fprintf(f, " op %d n %lld", o->sub, (long long)o->i[0]);
+            break;
+        case MS_KERNEL_GEMM:
+            fprintf(f, " %c%c batch %lld m %lld n %lld k %lld alpha %g beta %g strides %lld %lld %lld",
+                    o->f0 ? 'T' : 'N', o->f1 ? 'T' : 'N', (long long)o->i[0], (long long)o->i[1],
+                    (long long)o->i[2], (long long)o->i[3], o->d[0], o->d[1], (long long)o->i[5],
+                    (long long)o->i[7], (long long)o->i[9]);
+            break;
+        case MS_KERNEL_SOFTMAX:
+            fprintf(f, " %lld x %lld x %lld", (long long)o->i[0], (long long)o->i[1],
+                    (long long)o->i[2]);
+            break;
+        case MS_KERNEL_CONV2D:
+        case MS_KERNEL_CONV2D_BWD_DATA:
+        case MS_KERNEL_CONV2D_BWD_WEIGHTS:
+            fprintf(f, " n %lld c %lld h %lld w %lld o %lld k %lld", (long long)o->cd.n,
+                    (long long)o->cd.c, (long long)o->cd.h, (long long)o->cd.w,
+                    (long long)o->cd.o, (long long)o->cd.kh);
+            break;
+        default:
+            fprintf(f, " op %d axes %u shape ", o->sub, o->axes);
+            dims(f, o->ndim, o->shape);
+            for (int j = 0; j < 3 && o->kind != MS_KERNEL_REDUCE; j++) {
+                fputc(' ', f);
+                dims(f, o->ndim, o->st[j]);
+            }
+        }
+        fputc('\n', f);
+    }
+}
+
 ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id, int64_t *off)
 {
     tref r = resolve(t, ptr, 0, (int64_t)bytes, false);
@@ -583,59 +635,147 @@ ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id, in
     return MS_OK;
 }
 
-/* Pack the temporaries into one arena: biggest first, each at the lowest
- * 64-byte-aligned offset where it overlaps no placed buffer alive at the
- * same time. */
+/* The arena's free space while placing: segments sorted by offset. */
+typedef struct segs {
+    size_t *off, *len;
+    int n, cap;
+    size_t end; /* the arena's size so far */
+} segs;
+
+/* Best fit among the free segments, else at the end of the arena. */
+static bool seg_take(segs *f, size_t sz, size_t *at)
+{
+    int best = -1;
+    for (int i = 0; i < f->n; i++)
+        if (f->len[i] >= sz && (best < 0 || f->len[i] < f->len[best]))
+            best = i;
+    if (best < 0) {
+        /* grow the last segment when it ends the arena */
+        if (f->n && f->off[f->n - 1] + f->len[f->n - 1] == f->end) {
+            *at = f->off[f->n - 1];
+            f->end = *at + sz;
+            f->n--;
+        } else {
+            *at = f->end;
+            f->end += sz;
+        }
+        return true;
+    }
+    *at = f->off[best];
+    f->off[best] += sz;
+    f->len[best] -= sz;
+    if (!f->len[best]) {
+        memmove(f->off + best, f->off + best + 1, (size_t)(f->n - best - 1) * sizeof *f->off);
+        memmove(f->len + best, f->len + best + 1, (size_t)(f->n - best - 1) * sizeof *f->len);
+        f->n--;
+    }
+    return true;
+}
+
+/* Give [at, at + sz) back, merged with its neighbours. */
+static bool seg_give(segs *f, size_t at, size_t sz)
+{
+    int i = 0;
+    while (i < f->n && f->off[i] < at)
+        i++;
+    bool left = i > 0 && f->off[i - 1] + f->len[i - 1] == at;
+    bool right = i < f->n && at + sz == f->off[i];
+    if (left && right) {
+        f->len[i - 1] += sz + f->len[i];
+        memmove(f->off + i, f->off + i + 1, (size_t)(f->n - i - 1) * sizeof *f->off);
+        memmove(f->len + i, f->len + i + 1, (size_t)(f->n - i - 1) * sizeof *f->len);
+        f->n--;
+    } else if (left) {
+        f->len[i - 1] += sz;
+    } else if (right) {
+        f->off[i] = at;
+        f->len[i] += sz;
+    } else {
+        if (f->n == f->cap) {
+            int c = f->cap ? 2 * f->cap : 64;
+            size_t *o = realloc(f->off, (size_t)c * sizeof *o);
+            if (o)
+                f->off = o;
+            size_t *l = o ? realloc(f->len, (size_t)c * sizeof *l) : NULL;
+            if (!l)
+                return false;
+            f->len = l;
+            f->cap = c;
+        }
+        memmove(f->off + i + 1, f->off + i, (size_t)(f->n - i) * sizeof *f->off);
+        memmove(f->len + i + 1, f->len + i, (size_t)(f->n - i) * sizeof *f->len);
+        f->off[i] = at;
+        f->len[i] = sz;
+        f->n++;
+    }
+    return true;
+}
+
+static size_t slot_bytes(const tbuf *b) { return ((size_t)(b->hi - b->lo) + 63) & ~(size_t)63; }
+
+/* Pack the temporaries into one arena, in the order the tape uses them: a
+ * temporary takes the best-fitting free space at its first use and gives it
+ * back after its last, so two temporaries share bytes only when their
+ * lifetimes do not overlap.  Offsets are 64-byte aligned, as the allocator's
+ * blocks are. */
 ms_status ms__tape_finish(ms_tape *t)
 {
     if (t->err)
         return t->err;
-    int n = 0;
-    int *order = malloc(((size_t)t->nbufs + 1) * sizeof *order);
+    const int nops = t->nops + 1; /* outputs live to index nops - 1 */
+    int *starts = calloc((size_t)nops + 1, sizeof *starts); /* temporaries by first use */
+    int *ends = calloc((size_t)nops + 1, sizeof *ends);     /* ... and by last use */
+    int *by_first = malloc(((size_t)t->nbufs + 1) * sizeof *by_first);
+    int *by_last = malloc(((size_t)t->nbufs + 1) * sizeof *by_last);
     t->base = calloc((size_t)t->nbufs + 1, sizeof *t->base);
-    if (!order || !t->base) {
-        free(order);
-        return MS_ERR_NOMEM;
-    }
-    for (int i = 0; i < t->nbufs; i++) {
+    segs f = {0};
+    ms_status st = starts && ends && by_first && by_last && t->base ? MS_OK : MS_ERR_NOMEM;
+    /* counting sorts of the temporaries by first and by last use */
+    for (int i = 0; st == MS_OK && i < t->nbufs; i++) {
         tbuf *b = &t->bufs[i];
         if (b->kind != TB_TEMP)
             continue;
+        if (b->first < 0)
+            b->first = b->last = t->nops;
         b->lo &= ~(int64_t)63;
         if (b->hi < b->lo)
             b->hi = b->lo;
-        order[n++] = i;
+        starts[b->first + 1]++;
+        ends[b->last + 1]++;
     }
-    for (int a = 1; a < n; a++) { /* insertion sort, biggest first, stable */
-        int v = order[a], j = a;
-        int64_t sv = t->bufs[v].hi - t->bufs[v].lo;
-        while (j > 0 && t->bufs[order[j - 1]].hi - t->bufs[order[j - 1]].lo < sv) {
-            order[j] = order[j - 1];
-            j--;
+    for (int k = 0; st == MS_OK && k < nops; k++) {
+        starts[k + 1] += starts[k];
+        ends[k + 1] += ends[k];
+    }
+    for (int i = 0; st == MS_OK && i < t->nbufs; i++) {
+        const tbuf *b = &t->bufs[i];
+        if (b->kind == TB_TEMP) {
+            by_first[starts[b->first]++] = i;
+            by_last[ends[b->last]++] = i;
         }
-        order[j] = v;
     }
-    size_t total = 0;
-    for (int a = 0; a < n; a++) {
-        tbuf *b = &t->bufs[order[a]];
-        size_t sz = ((size_t)(b->hi - b->lo) + 63) & ~(size_t)63, off = 0;
-        for (bool moved = true; moved;) {
-            moved = false;
-            for (int c = 0; c < a; c++) {
-                tbuf *o = &t->bufs[order[c]];
-                size_t osz = ((size_t)(o->hi - o->lo) + 63) & ~(size_t)63;
-                bool same_time = !(o->last < b->first || b->last < o->first);
-                if (same_time && off < o->arena_off + osz && o->arena_off < off + sz) {
-                    off = o->arena_off + osz;
-                    moved = true;
-                }
-            }
+    /* starts[k] is now the end of op k's group: walk ops in order */
+    int a = 0, r = 0, ntemp = st == MS_OK ? starts[nops - 1] : 0;
+    for (int k = 0; st == MS_OK && k < nops; k++) {
+        for (; a < ntemp && t->bufs[by_first[a]].first == k; a++) {
+            tbuf *b = &t->bufs[by_first[a]];
+            seg_take(&f, slot_bytes(b), &b->arena_off);
         }
-        b->arena_off = off;
-        if (off + sz > total)
-            total = off + sz;
+        for (; r < ntemp && t->bufs[by_last[r]].last == k; r++) {
+            const tbuf *b = &t->bufs[by_last[r]];
+            if (!seg_give(&f, b->arena_off, slot_bytes(b)))
+                st = MS_ERR_NOMEM;
+        }
     }
-    free(order);
+    free(starts);
+    free(ends);
+    free(by_first);
+    free(by_last);
+    free(f.off);
+    free(f.len);
+    if (st != MS_OK)
+        return st;
+    size_t total = f.end;
     t->arena = aligned_alloc(64, total ? total : 64);
     if (!t->arena)
         return MS_ERR_NOMEM;
