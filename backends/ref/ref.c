@@ -20,6 +20,17 @@
 /* Column blocks for kernels that keep a row of accumulators on the stack. */
 #define REF_BLOCK 256
 
+/* The elementwise loops and the column reductions are compiled for AVX-512,
+ * AVX2 and the x86-64 baseline, the best picked when the backend loads
+ * (GCC function multi-versioning).  The results are the same bits on every
+ * version: each element is computed by the same IEEE operations in the same
+ * order (C11 mode, so no contraction into FMA), only more elements at once. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define REF_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define REF_SIMD
+#endif
+
 static bool dtype_ok(ms_dtype dt) { return dt == MS_F32 || dt == MS_F64; }
 
 /* ------------------------------------------------------------------------ */
@@ -96,7 +107,7 @@ static inline void iter_next(const ref_iter *it, int64_t *idx, int64_t *off, int
     } while (0)
 
 #define DEF_UNARY(T, F, S)                                                    \
-    static void unary_##S(ms_unary_op op, int64_t n, const T *x, T *y)        \
+    REF_SIMD static void unary_##S(ms_unary_op op, int64_t n, const T *x, T *y) \
     {                                                                         \
         switch (op) {                                                         \
         case MS_UNARY_NEG: UNARY_LOOP(T, -v); break;                          \
@@ -183,7 +194,8 @@ static ms_status ref_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x
     } while (0)
 
 #define DEF_BINARY(T, F, S)                                                   \
-    static void binary_##S(ms_binary_op op, const ref_iter *it, const T *a,   \
+    REF_SIMD static void binary_##S(ms_binary_op op, const ref_iter *it,      \
+                                    const T *a,                               \
                            const T *b, T *y)                                  \
     {                                                                         \
         const int64_t L = it->len;                                            \
@@ -262,7 +274,7 @@ static ms_status ref_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_
     }                                                                         \
                                                                               \
     /* x is (K1, R, K2): y[i, j] = reduce(x[i, :, j]), columns in blocks. */  \
-    static void red_cols_##S(ms_reduce_op op, int64_t K1, int64_t R,          \
+    REF_SIMD static void red_cols_##S(ms_reduce_op op, int64_t K1, int64_t R, \
                              int64_t K2, const T *x, T *y, double count)      \
     {                                                                         \
         double acc[REF_BLOCK];                                                \

@@ -155,6 +155,13 @@ static void combine_c(ms_dtype dt, int64_t m, int64_t n, double alpha, const voi
 static void transpose(ms_dtype dt, int64_t rows, int64_t cols, const void *src, int64_t lds,
                       void *dst)
 {
+    /* libxsmm's own (JIT) transposition: src is column-major rows x cols */
+    if (fits_int(rows) && fits_int(cols) && fits_int(lds)) {
+        libxsmm_otrans(dst, src, dt == MS_F32 ? sizeof(float) : sizeof(double),
+                       (libxsmm_blasint)rows, (libxsmm_blasint)cols, (libxsmm_blasint)lds,
+                       (libxsmm_blasint)cols);
+        return;
+    }
     if (dt == MS_F32) {
         const float *s = src;
         float *d = dst;
