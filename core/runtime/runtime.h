@@ -55,7 +55,9 @@ MS_HIDDEN void ms__tape_free(ms_tape *t);
 /* Start recording t on this thread (one tape per thread at a time). */
 MS_HIDDEN ms_status ms__tape_begin(ms_tape *t);
 MS_HIDDEN void ms__tape_end(void);
-MS_HIDDEN bool ms__taping(void);
+/* The tape recording on this thread, or NULL.  Inline: every kernel call asks. */
+MS_HIDDEN extern _Thread_local ms_tape *ms__tape_cur;
+static inline bool ms__taping(void) { return ms__tape_cur != NULL; }
 /* Register a caller's block (a tensor's whole block) as input `slot`;
  * returns its buffer id (the same id for a block registered twice). */
 MS_HIDDEN int ms__tape_input(ms_tape *t, const void *block, size_t bytes, int slot);

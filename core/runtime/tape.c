@@ -80,12 +80,11 @@ struct ms_tape {
     bool finished;
 };
 
-static _Thread_local ms_tape *cur;
+_Thread_local ms_tape *ms__tape_cur;
+#define cur ms__tape_cur
 
 /* ms_dtype_size lives in the tensor layer, above this one. */
 static size_t dtype_bytes(ms_dtype dt) { return dt == MS_F64 ? 8 : 4; }
-
-bool ms__taping(void) { return cur != NULL; }
 
 ms_tape *ms__tape_new(void) { return calloc(1, sizeof(ms_tape)); }
 
