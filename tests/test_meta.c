@@ -600,6 +600,30 @@ START_TEST(option_inner_v_anil)
 }
 END_TEST
 
+/* An error left on the thread by an earlier, unrelated call does not make a
+ * valid meta step fail (metastep_maml_step used to read it back as its own
+ * status after selecting the outer variables). */
+START_TEST(stale_error_ignored)
+{
+    ms_container *b = quad_batch(2), *v = two_part_vars();
+    const char *body[] = {"body", NULL};
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.outer_v = body;
+    metastep_result r;
+    for (int batched = 0; batched < 2; batched++) {
+        o.batched = batched;
+        ck_assert(isnan(ms_tensor_item(NULL))); /* leaves MS_ERR_NULL_ARG recorded */
+        ck_assert_int_ne(ms_last_error(NULL), MS_OK);
+        ck_assert_int_eq(metastep_maml_step(b, two_part, NULL, v, 1, 0.5, &o, &r), MS_OK);
+        ck_assert_int_eq(ms_container_size(r.grads), 1);
+        metastep_result_release(&r);
+        ms_clear_error();
+    }
+    ms_container_release(b);
+    ms_container_release(v);
+}
+END_TEST
+
 START_TEST(option_outer_v)
 {
     ms_container *b = quad_batch(2), *v = two_part_vars();
@@ -1048,6 +1072,7 @@ int main(void)
     tcase_add_test(opt, option_batched_equals_unbatched);
     tcase_add_test(opt, option_inner_v_anil);
     tcase_add_test(opt, option_outer_v);
+    tcase_add_test(opt, stale_error_ignored);
     tcase_add_test(opt, option_return_inner_v);
     tcase_add_test(opt, option_num_tasks_smaller_than_batch);
     tcase_add_test(opt, option_stop_gradients);

@@ -792,12 +792,14 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     ms_scope_push();
     ms_container *sel = select_vars(variables, c.outer_v, c.keep_outer);
     ms_container *ov = ms_container_new();
-    for (int i = 0; sel && ov && i < ms_container_size(sel); i++)
-        if (ms__container_adopt(ov, c.fn, ms_container_key(sel, i),
-                                ms_variable(ms_container_at(sel, i))) != MS_OK)
-            break;
-    ms_container *vars = ov && c.outer_v ? ms_container_set_at_key_chains(variables, ov) : NULL;
-    st = ms_last_error(NULL);
+    st = sel && ov ? MS_OK : ms_last_error(NULL);
+    for (int i = 0; st == MS_OK && i < ms_container_size(sel); i++)
+        st = ms__container_adopt(ov, c.fn, ms_container_key(sel, i),
+                                 ms_variable(ms_container_at(sel, i)));
+    ms_container *vars = st == MS_OK && c.outer_v ? ms_container_set_at_key_chains(variables, ov)
+                                                  : NULL;
+    if (st == MS_OK && c.outer_v && !vars)
+        st = ms_last_error(NULL);
     ms_tensor *cost = NULL;
     ms_container *grads = NULL, *inner_v = NULL;
     /* The returned cost keeps its graph when stop_gradients is off, so only
