@@ -10,6 +10,7 @@
 #include "metastep/container.h"
 #include "metastep/optim.h"
 #include "metastep/meta.h"
+#include "metastep/imaml.h"
 #include "metastep/task.h"
 
 #endif
