@@ -25,8 +25,9 @@
 #define EPISODES_SEED 0xe915ull
 #define MAX_TASK_OPTS 32
 
-typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE } algo;
-static const char *const algo_names[] = {"maml", "fomaml", "reptile"};
+typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE, ALGO_IMAML } algo;
+static const char *const algo_names[] = {"maml", "fomaml", "reptile", "imaml"};
+#define NALGOS ((int)(sizeof algo_names / sizeof *algo_names))
 
 typedef struct config {
     const char *task, *backend, *out, *resume;
@@ -42,6 +43,11 @@ typedef struct config {
     const char *opt_key[MAX_TASK_OPTS], *opt_val[MAX_TASK_OPTS]; /* value may be NULL */
     char opt_buf[MAX_TASK_OPTS][64];
     int nopts;
+    /* long inner loops (docs/long-inner-loops.md) */
+    int checkpoint_every; /* maml: metastep_options.checkpoint_every */
+    double lambda;        /* imaml: proximal strength */
+    int cg_steps;         /* imaml: conjugate-gradient iterations */
+    bool checkpoint_given;
 } config;
 
 static volatile sig_atomic_t interrupted;
@@ -71,7 +77,7 @@ static void train_usage(FILE *f)
         "\n"
         "options:\n"
         "  --task NAME|PATH     task plugin (e.g. sine)                          [required]\n"
-        "  --algo A             maml | fomaml | reptile                           [maml]\n"
+        "  --algo A             maml | fomaml | reptile | imaml                   [maml]\n"
         "  --backend NAME|PATH  compute backend (default: $METASTEP_BACKEND, else ref)\n"
         "  --meta-steps N       meta-training steps                               [2000]\n"
         "  --meta-batch N       tasks per meta-step                               [25]\n"
@@ -82,6 +88,11 @@ static void train_usage(FILE *f)
         "  --k N                support (and query) points per task               [10]\n"
         "  --shots N            the same as --k: support images per class (images task)\n"
         "  --batched            run all tasks of a meta-step as one batch (Ivy's batched=True)\n"
+        "  --checkpoint-every N maml: keep the inner loop's variables every N steps and\n"
+        "                       recompute each segment's graph in the backward pass\n"
+        "                       (memory ~ k/N + N steps, not k); -1: N = sqrt(k); 0: off [0]\n"
+        "  --lambda X           imaml: proximal term lambda/2 ||phi - theta||^2   [1]\n"
+        "  --cg-steps N         imaml: conjugate-gradient iterations              [5]\n"
         "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
         "                       bit-identical for every N                  [cores online]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
@@ -503,6 +514,9 @@ static char *config_text(const config *c, const metastep_task *task)
                            c->inner_lr, c->outer_lr, c->meta_batch, c->k,
                            c->batched ? "yes" : "no", (unsigned long long)c->seed,
                            ms_dtype_name(c->dtype));
+        if (c->algo == ALGO_IMAML) /* only then: older checkpoints' texts stay as they were */
+            len += snprintf(text + len, cap - (size_t)len, "--lambda=%.17g\n--cg-steps=%d\n",
+                            c->lambda, c->cg_steps);
         for (int i = 0; i < n; i++)
             len += snprintf(text + len, cap - (size_t)len, "%s", lines[i]);
     }
@@ -850,7 +864,13 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
     if (!v)
         return ms_last_error(NULL);
     ms_status st;
-    if (c->algo == ALGO_REPTILE) {
+    if (c->algo == ALGO_IMAML) {
+        metastep_imaml_options o = METASTEP_IMAML_OPTIONS_DEFAULT;
+        o.lambda = c->lambda;
+        o.cg_steps = c->cg_steps;
+        st = metastep_imaml_step(batch, task->inner_cost, task->outer_cost, v, c->inner_steps,
+                                 c->inner_lr, &o, r);
+    } else if (c->algo == ALGO_REPTILE) {
         metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
         o.batched = c->batched;
         o.threads = c->threads;
@@ -859,6 +879,7 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
         metastep_options o = METASTEP_OPTIONS_DEFAULT;
         o.batched = c->batched;
         o.threads = c->threads;
+        o.checkpoint_every = c->algo == ALGO_MAML ? c->checkpoint_every : 0;
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
     }
@@ -968,7 +989,8 @@ static bool write_summary(const config *c, const metastep_task *task, long steps
 enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
-    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_HELP = 'h'
+    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_CKPT_EVERY, O_LAMBDA,
+    O_CG_STEPS, O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -986,6 +1008,8 @@ static const struct option train_options[] = {
     {"batched", no_argument, NULL, O_BATCHED}, {"quiet", no_argument, NULL, O_QUIET},
     {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
     {"threads", required_argument, NULL, O_THREADS},
+    {"checkpoint-every", required_argument, NULL, O_CKPT_EVERY},
+    {"lambda", required_argument, NULL, O_LAMBDA}, {"cg-steps", required_argument, NULL, O_CG_STEPS},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1024,7 +1048,7 @@ static bool train_opt(void *user, int id, const char *v)
     case O_JSON: p->json = true; return true;
     case O_TASKS: return util_int(v, 1, 100000, &p->tasks);
     case O_ALGO: {
-        int k = util_choice(v, algo_names, 3);
+        int k = util_choice(v, algo_names, NALGOS);
         c->algo = (algo)(k < 0 ? 0 : k);
         return k >= 0;
     }
@@ -1042,6 +1066,9 @@ static bool train_opt(void *user, int id, const char *v)
     case O_EVAL_TASKS: return util_int(v, 1, 100000, &c->eval_tasks);
     case O_EVAL_EVERY: return util_int(v, 1, 100000000, &c->eval_every);
     case O_THREADS: return util_int(v, 1, 1024, &c->threads);
+    case O_CKPT_EVERY: c->checkpoint_given = true; return util_int(v, -1, 100000, &c->checkpoint_every);
+    case O_LAMBDA: return util_double(v, &c->lambda) && c->lambda > 0 && isfinite(c->lambda);
+    case O_CG_STEPS: return util_int(v, 1, 100000, &c->cg_steps);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1074,7 +1101,7 @@ static int parse_train(int argc, char **argv, config *c)
     *c = (config){.task = NULL, .out = "out", .algo = ALGO_MAML, .meta_steps = 2000,
                   .meta_batch = 25, .inner_steps = 1, .k = 10, .eval_tasks = 100,
                   .eval_every = 0, .inner_lr = 0.01, .outer_lr = 1e-3, .outer_adam = true,
-                  .seed = 0, .dtype = MS_F32};
+                  .seed = 0, .dtype = MS_F32, .lambda = 1.0, .cg_steps = 5};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     c->threads = cores > 1 ? (int)(cores < 1024 ? cores : 1024) : 1;
     parsed p = {.c = c};
@@ -1086,6 +1113,15 @@ static int parse_train(int argc, char **argv, config *c)
     }
     if (!c->task) {
         fprintf(stderr, "metastep train: --task is required (try --help)\n");
+        return 2;
+    }
+    if (c->checkpoint_given && c->algo != ALGO_MAML) {
+        fprintf(stderr, "metastep train: --checkpoint-every applies to --algo maml (second "
+                        "order) only\n");
+        return 2;
+    }
+    if (c->algo == ALGO_IMAML && c->batched) {
+        fprintf(stderr, "metastep train: --algo imaml runs the tasks one by one; drop --batched\n");
         return 2;
     }
     if (c->resume && p.out_given) {

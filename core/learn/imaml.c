@@ -191,7 +191,9 @@ static ms_status im_task(const im_cfg *c, const ms_container *ib, const ms_conta
         memcpy(p, r, (size_t)n * sizeof *p);
         double rs = dot(r, r, n), stop = c->o->cg_tol * sqrt(rs);
         const double lam = c->o->lambda;
-        for (int it = 0; st == MS_OK && it < c->o->cg_steps && sqrt(rs) > stop; it++) {
+        bool break_now = false;
+        for (int it = 0; st == MS_OK && !break_now && it < c->o->cg_steps && sqrt(rs) > stop;
+             it++) {
             ms_scope_push();
             ms_container *pc = from_flat(gout, p), *hp = NULL;
             ms_tensor *y = pc ? ms__inner_product(gin, pc) : NULL;
@@ -203,11 +205,17 @@ static ms_status im_task(const im_cfg *c, const ms_container *ib, const ms_conta
                 for (int64_t i = 0; i < n; i++)
                     ap[i] = p[i] + ap[i] / lam;
                 double pap = dot(p, ap, n);
-                if (!(pap > 0)) {
-                    st = ms__fail(MS_ERR_NUMERIC, "%s: I + H/lambda is not positive definite along "
-                                  "a conjugate-gradient direction (p'(I + H/lambda)p = %g, task "
-                                  "%d): the inner Hessian has an eigenvalue <= -lambda; raise "
-                                  "lambda", FN, pap, task);
+                if (!isfinite(pap)) {
+                    st = ms__fail(MS_ERR_NUMERIC, "%s: the Hessian-vector product is not finite "
+                                  "(task %d)", FN, task);
+                } else if (pap <= 0) {
+                    /* I + H/lambda is not positive definite along p (the inner
+                     * loop is far from a minimum of the proximal problem):
+                     * stop there, as truncated Newton-CG does; at the first
+                     * iteration the answer is g itself (first order) */
+                    if (it == 0)
+                        memcpy(x, p, (size_t)n * sizeof *x);
+                    break_now = true;
                 } else {
                     double alpha = rs / pap;
                     for (int64_t i = 0; i < n; i++) {

@@ -52,9 +52,12 @@ typedef struct metastep_imaml_options {
  * Errors: as metastep_maml_step (MS_ERR_NULL_ARG, MS_ERR_INVALID_ARG for
  * negative steps, a non-finite learning rate, lambda <= 0 or not finite,
  * cg_steps < 1, cg_tol < 0 or NaN, num_tasks out of range; MS_ERR_SHAPE;
- * MS_ERR_NUMERIC for a non-finite cost or gradient, or a Hessian-vector
- * product that makes I + H/lambda not positive definite along a search
- * direction (H with an eigenvalue <= -lambda: raise lambda)). */
+ * MS_ERR_NUMERIC for a non-finite cost, gradient or Hessian-vector product).
+ * Where I + H/lambda is not positive definite along a conjugate-gradient
+ * direction (H has an eigenvalue below -lambda there: the inner loop is far
+ * from a minimum of the proximal problem), CG stops, as truncated Newton-CG
+ * does, and returns its iterate so far; at the first iteration, g itself
+ * (the first-order answer).  A larger lambda or more inner steps avoid it. */
 ms_status metastep_imaml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
                               metastep_cost_fn outer_cost_fn, const ms_container *variables,
                               int inner_grad_steps, double inner_learning_rate,
