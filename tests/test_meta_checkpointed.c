@@ -22,6 +22,9 @@
  *    unrolled grows about linearly in k, checkpointed with every = 8 stays
  *    several times lower, and with -1 (sqrt) lower still than with every = 1
  *    or every = k.
+ *    checkpoint_budget_mib: within the budget (plus the outer pass), equal
+ *    to the unrolled step, the unrolled graph when it fits, refused when
+ *    nothing fits.
  * 5. refusals: a user optimizer with a state, checkpoint_every < -1.
  */
 #include <check.h>
@@ -463,6 +466,67 @@ START_TEST(memory_grows_like_sqrt)
 }
 END_TEST
 
+static int64_t peak_budget(int steps, double mib, metastep_result *r)
+{
+    ms_container *b = model_batch(2, 64), *v = model_vars(false, 2);
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.batched = false;
+    o.checkpoint_budget_mib = mib;
+    int64_t base = ms_live_tensor_bytes();
+    ms_reset_peak_tensor_bytes();
+    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, steps, 0.05, &o, r));
+    int64_t peak = ms_peak_tensor_bytes() - base;
+    ms_container_release(b);
+    ms_container_release(v);
+    return peak;
+}
+
+/* checkpoint_budget_mib: the step stays within the budget (plus the fixed
+ * part: the outer pass, measured at k = 0), gives the unrolled step's
+ * results, is the unrolled step itself when the budget allows, and refuses
+ * a budget nothing fits. */
+START_TEST(memory_budget)
+{
+    H = 64;
+    metastep_result fixed, un, r;
+    int64_t f = peak_of(0, 0, false);
+    (void)fixed;
+    ms_container *b = model_batch(2, 64), *v = model_vars(false, 2);
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.batched = false;
+    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, 64, 0.05, &o, &un));
+    const double budgets[3] = {4.0, 10.0, 30.0};
+    for (int i = 0; i < 3; i++) {
+        int64_t p = peak_budget(64, budgets[i], &r);
+        fprintf(stderr, "budget %.0f MiB: peak %.2f MiB (fixed part %.2f MiB)\n", budgets[i],
+                p / 1048576.0, f / 1048576.0);
+        ck_assert_msg(p <= budgets[i] * 1048576.0 + f, "budget %g: peak %lld", budgets[i],
+                      (long long)p);
+        ck_assert(max_rel(r.grads, un.grads) <= 1e-12);
+        metastep_result_release(&r);
+    }
+    /* room for the whole graph: the unrolled graph, bit for bit */
+    peak_budget(64, 1e6, &r);
+    ck_assert(bit_equal(r.grads, un.grads));
+    metastep_result_release(&r);
+    /* too small */
+    o.checkpoint_budget_mib = 0.01;
+    ck_assert_int_eq(metastep_maml_step(b, support_cost, query_cost, v, 64, 0.05, &o, &r),
+                     MS_ERR_INVALID_ARG);
+    const char *msg = NULL;
+    ms_last_error(&msg);
+    ck_assert_ptr_nonnull(strstr(msg, "least budget"));
+    o.checkpoint_budget_mib = NAN;
+    ck_assert_int_eq(metastep_maml_step(b, support_cost, query_cost, v, 64, 0.05, &o, &r),
+                     MS_ERR_INVALID_ARG);
+    ms_clear_error();
+    metastep_result_release(&un);
+    ms_container_release(b);
+    ms_container_release(v);
+    H = 4;
+}
+END_TEST
+
 /* ------------------------------------------------------------- refusals */
 
 static void *user_state_new(const metastep_optimizer *self)
@@ -545,6 +609,7 @@ int main(void)
     tcase_add_test(tc, fd_random);
     tcase_add_test(tc, fd_adam_anil);
     tcase_add_test(tc, memory_grows_like_sqrt);
+    tcase_add_test(tc, memory_budget);
     tcase_add_test(tc, refusals);
     suite_add_tcase(s, tc);
     int rc = run_suite(s);

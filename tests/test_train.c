@@ -796,7 +796,9 @@ START_TEST(long_inner_loops)
 {
     char cmd[2048], out[8192], a[600], b[600];
     const char *refused[][2] = {
-        {"train --task sine --algo fomaml --checkpoint-every 2", "--checkpoint-every applies"},
+        {"train --task sine --algo fomaml --checkpoint-every 2", "--checkpoint-every and"},
+        {"train --task sine --algo reptile --memory-budget 100", "--memory-budget apply"},
+        {"train --task sine --memory-budget 0", "invalid value"},
         {"train --task sine --checkpoint-every -2", "invalid value"},
         {"train --task sine --algo imaml --batched", "drop --batched"},
         {"train --task sine --algo imaml --lambda 0", "invalid value"},
@@ -808,8 +810,8 @@ START_TEST(long_inner_loops)
         ck_assert_msg(st == 2 && strstr(out, refused[i][1]), "'%s': exit %d: %s", refused[i][0],
                       st, out);
     }
-    const char *every[] = {"0", "1", "3", "-1"};
-    for (int i = 0; i < 4; i++) {
+    const char *every[] = {"0", "1", "3", "-1", "0 --memory-budget 0.5", "0 --memory-budget 1000"};
+    for (int i = 0; i < 6; i++) {
         make_dir();
         snprintf(i ? b : a, sizeof a, "%s/params.safetensors", dir);
         snprintf(cmd, sizeof cmd, "%s train --task sine --inner-steps 7 --checkpoint-every %s "

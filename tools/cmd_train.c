@@ -45,6 +45,7 @@ typedef struct config {
     int nopts;
     /* long inner loops (docs/long-inner-loops.md) */
     int checkpoint_every; /* maml: metastep_options.checkpoint_every */
+    double memory_budget; /* maml: metastep_options.checkpoint_budget_mib */
     double lambda;        /* imaml: proximal strength */
     int cg_steps;         /* imaml: conjugate-gradient iterations */
     bool checkpoint_given;
@@ -91,6 +92,8 @@ static void train_usage(FILE *f)
         "  --checkpoint-every N maml: keep the inner loop's variables every N steps and\n"
         "                       recompute each segment's graph in the backward pass\n"
         "                       (memory ~ k/N + N steps, not k); -1: N = sqrt(k); 0: off [0]\n"
+        "  --memory-budget MiB  maml: choose N from this budget for what grows with\n"
+        "                       the inner steps (checkpoints and one segment)      [off]\n"
         "  --lambda X           imaml: proximal term lambda/2 ||phi - theta||^2   [1]\n"
         "  --cg-steps N         imaml: conjugate-gradient iterations              [5]\n"
         "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
@@ -880,6 +883,7 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
         o.batched = c->batched;
         o.threads = c->threads;
         o.checkpoint_every = c->algo == ALGO_MAML ? c->checkpoint_every : 0;
+        o.checkpoint_budget_mib = c->algo == ALGO_MAML ? c->memory_budget : 0;
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
     }
@@ -990,7 +994,7 @@ enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
     O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_CKPT_EVERY, O_LAMBDA,
-    O_CG_STEPS, O_HELP = 'h'
+    O_CG_STEPS, O_MEM_BUDGET, O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -1009,6 +1013,7 @@ static const struct option train_options[] = {
     {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
     {"threads", required_argument, NULL, O_THREADS},
     {"checkpoint-every", required_argument, NULL, O_CKPT_EVERY},
+    {"memory-budget", required_argument, NULL, O_MEM_BUDGET},
     {"lambda", required_argument, NULL, O_LAMBDA}, {"cg-steps", required_argument, NULL, O_CG_STEPS},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
@@ -1067,6 +1072,9 @@ static bool train_opt(void *user, int id, const char *v)
     case O_EVAL_EVERY: return util_int(v, 1, 100000000, &c->eval_every);
     case O_THREADS: return util_int(v, 1, 1024, &c->threads);
     case O_CKPT_EVERY: c->checkpoint_given = true; return util_int(v, -1, 100000, &c->checkpoint_every);
+    case O_MEM_BUDGET:
+        c->checkpoint_given = true;
+        return util_double(v, &c->memory_budget) && c->memory_budget > 0 && isfinite(c->memory_budget);
     case O_LAMBDA: return util_double(v, &c->lambda) && c->lambda > 0 && isfinite(c->lambda);
     case O_CG_STEPS: return util_int(v, 1, 100000, &c->cg_steps);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
@@ -1116,8 +1124,8 @@ static int parse_train(int argc, char **argv, config *c)
         return 2;
     }
     if (c->checkpoint_given && c->algo != ALGO_MAML) {
-        fprintf(stderr, "metastep train: --checkpoint-every applies to --algo maml (second "
-                        "order) only\n");
+        fprintf(stderr, "metastep train: --checkpoint-every and --memory-budget apply to "
+                        "--algo maml (second order) only\n");
         return 2;
     }
     if (c->algo == ALGO_IMAML && c->batched) {

@@ -572,6 +572,88 @@ static void run_on_worker(void *ctx, int t)
         ;
 }
 
+static int64_t container_bytes(const ms_container *c)
+{
+    int64_t n = 0;
+    for (int i = 0; c && i < ms_container_size(c); i++) {
+        const ms_tensor *t = ms_container_at(c, i);
+        n += ms_tensor_numel(t) * (ms_tensor_dtype(t) == MS_F32 ? 4 : 8);
+    }
+    return n;
+}
+
+/* checkpoint_budget_mib: measure, on the first task, the peak tensor bytes
+ * of a one-step segment (G: its graph and its backward sweep) and a
+ * checkpoint (S: the adapted variables and the optimizer state), then take
+ * the largest N whose checkpoints and N-step segment fit the budget. */
+static ms_status choose_every(ck_cfg *c, double budget_mib, const ms_container *ib,
+                              const ms_container *ob, const ms_container *vars0)
+{
+    const int k = c->steps;
+    if (k <= 1) {
+        c->every = 1;
+        return MS_OK;
+    }
+    /* a one-step segment as the backward pass runs it: the recorded step,
+     * then the gradient of a scalar of its outputs with respect to leaves
+     * standing for the checkpoint; its peak is one step's share of a
+     * segment's */
+    ms_scope_push();
+    const int64_t old_peak = ms__peak_tensor_bytes_restart();
+    const int64_t before = ms_live_tensor_bytes();
+    metastep_optim_state *s = metastep_optim_state_new(c->opt);
+    ms_container *sel = ms__select_vars(vars0, c->inner_v, c->keep_inner);
+    ms_container *leaves = sel ? ms_container_stop_gradient(sel) : NULL;
+    ms_container *lv = ms_container_new(), *start = NULL, *next = NULL, *st_b = NULL, *g = NULL;
+    for (int i = 0; leaves && lv && i < ms_container_size(leaves); i++)
+        if (ms__container_adopt(lv, c->fn, ms_container_key(leaves, i),
+                                ms_variable(ms_container_at(leaves, i))) != MS_OK)
+            swap_in(&lv, NULL);
+    start = lv ? ms_container_set_at_key_chains(vars0, lv) : NULL;
+    ms_tensor *sc = NULL;
+    ms_status st = s && start ? inner_step(c, ib, ob, start, s, true, 0, 0, &next, &sc)
+                              : err_or(MS_ERR_INTERNAL);
+    int64_t S = 0;
+    if (st == MS_OK) {
+        ms_container *ad = ms__select_vars(next, c->inner_v, c->keep_inner);
+        st_b = state_tensors(c, s);
+        S = container_bytes(ad) + container_bytes(st_b);
+        ms_tensor *J = ad && ms_container_size(ad) ? ms__inner_product(ad, ad) : NULL;
+        if (J && sc)
+            J = ms_add(J, sc);
+        if (J)
+            st = ms_grad(J, lv, false, &g);
+        ms_container_release(ad);
+    }
+    const int64_t G = ms_peak_tensor_bytes() - before;
+    ms__peak_tensor_bytes_raise(old_peak);
+    ms_container_release(g);
+    ms_container_release(next);
+    ms_container_release(st_b);
+    ms_container_release(start);
+    ms_container_release(lv);
+    ms_container_release(leaves);
+    ms_container_release(sel);
+    metastep_optim_state_release(s);
+    ms_scope_pop();
+    if (st != MS_OK)
+        return st;
+    const double budget = budget_mib * 1048576.0;
+    double least = INFINITY;
+    for (int n = k; n >= 1; n--) {
+        double need = (double)((k + n - 1) / n - 1) * (double)S + (double)n * (double)G;
+        if (need <= budget) {
+            c->every = n;
+            return MS_OK;
+        }
+        least = need < least ? need : least;
+    }
+    return ms__fail(MS_ERR_INVALID_ARG, "%s: checkpoint_budget_mib %g is too small for %d inner "
+                    "steps: a one-step segment takes %.3g MiB and a checkpoint %.3g MiB, so the "
+                    "least budget is %.4g MiB", c->fn, budget_mib, k, (double)G / 1048576.0,
+                    (double)S / 1048576.0, least / 1048576.0);
+}
+
 ms_status ms__maml_checkpointed(const char *fn, const ms_container *batch,
                                 metastep_cost_fn inner_fn, metastep_cost_fn outer_fn,
                                 const ms_container *variables, int steps, double lr,
@@ -594,6 +676,11 @@ ms_status ms__maml_checkpointed(const char *fn, const ms_container *batch,
                             "metastep_adam or a stateless optimizer, or checkpoint_every 0)",
                             fn, opt->name ? opt->name : "(unnamed)");
     }
+    const double budget = o->checkpoint_budget_mib;
+    if (!(budget >= 0) || !isfinite(budget))
+        return ms__fail(MS_ERR_INVALID_ARG, "%s: checkpoint_budget_mib is %g; it must be >= 0 "
+                        "and finite", fn, budget);
+    const bool by_budget = budget > 0 && o->checkpoint_every == 0;
     int every = o->checkpoint_every;
     if (every == -1)
         every = (int)ceil(sqrt((double)steps));
@@ -622,7 +709,11 @@ ms_status ms__maml_checkpointed(const char *fn, const ms_container *batch,
         ms_container *ib = vars ? ms__apply_batch_fn(o->inner_batch_fn, batch, c.user, fn) : NULL;
         ms_container *ob = ib ? ms__apply_batch_fn(o->outer_batch_fn, batch, c.user, fn) : NULL;
         ck_out r;
-        st = ob ? ck_task(&c, ib, ob, vars, ov, 0, &r) : err_or(MS_ERR_INTERNAL);
+        st = ob ? MS_OK : err_or(MS_ERR_INTERNAL);
+        if (st == MS_OK && by_budget)
+            st = choose_every(&c, budget, ib, ob, vars);
+        if (st == MS_OK)
+            st = ck_task(&c, ib, ob, vars, ov, 0, &r);
         if (st == MS_OK) {
             cost = ms_retain(r.cost);
             grads = ms_container_sum(r.grads, 0);
@@ -653,6 +744,15 @@ ms_status ms__maml_checkpointed(const char *fn, const ms_container *batch,
         r.msgs = calloc((size_t)nt, sizeof *r.msgs);
         if (st == MS_OK && (!r.outs || !r.sts || !r.msgs))
             st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);
+        if (st == MS_OK && by_budget) { /* measured on the first task, on this thread */
+            ms_container *ib = ms__apply_batch_fn(o->inner_batch_fn, subs[0], c.user, fn);
+            ms_container *ob = ib ? ms__apply_batch_fn(o->outer_batch_fn, subs[0], c.user, fn) : NULL;
+            ms_container *vars = ms_container_set_at_key_chains(variables, ov);
+            st = ob && vars ? choose_every(&c, budget, ib, ob, vars) : err_or(MS_ERR_INTERNAL);
+            ms_container_release(ib);
+            ms_container_release(ob);
+            ms_container_release(vars);
+        }
         bool parallel = o->threads > 1 && nt > 1 && c.stop;
         if (st == MS_OK && !parallel) {
             for (int t = 0; st == MS_OK && t < nt; t++)

@@ -782,7 +782,7 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     ms_status st = validate(&c, batch, variables, out);
     if (st != MS_OK)
         return st;
-    if (o.checkpoint_every != 0) /* checkpointed.c */
+    if (o.checkpoint_every != 0 || o.checkpoint_budget_mib != 0) /* checkpointed.c */
         return ms__maml_checkpointed(c.fn, batch, inner_cost_fn, outer_cost_fn, variables,
                                      inner_grad_steps, inner_learning_rate, &o, c.opt,
                                      c.num_tasks, out);

@@ -369,6 +369,18 @@ int64_t ms_peak_tensor_bytes(void) { return atomic_load(&peak_bytes); }
 
 void ms_reset_peak_tensor_bytes(void) { atomic_store(&peak_bytes, atomic_load(&live_bytes)); }
 
+int64_t ms__peak_tensor_bytes_restart(void)
+{
+    return atomic_exchange(&peak_bytes, atomic_load(&live_bytes));
+}
+
+void ms__peak_tensor_bytes_raise(int64_t v)
+{
+    long long peak = atomic_load(&peak_bytes);
+    while (v > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, v))
+        ;
+}
+
 /* --- creation --- */
 
 ms_tensor *ms_tensor_from_data(ms_dtype dt, int ndim, const int64_t *shape, const void *data)
