@@ -20,7 +20,9 @@
  *    cost at the k-step solution of the regularised problem) for k = 5, 40,
  *    400: the error falls as the inner loop converges, and at k = 400 it
  *    is below 1e-6 of the gradient's scale.
- * 3. refusals: lambda <= 0, cg_steps < 1, negative cg_tol, a NULL batch.
+ * 3. negative_curvature_gives_first_order: where I + H/lambda is negative
+ *    definite, CG stops at once and the gradient is g itself.
+ * 4. refusals: lambda <= 0, cg_steps < 1, negative cg_tol, a NULL batch.
  */
 #include <check.h>
 #include <math.h>
@@ -367,6 +369,43 @@ START_TEST(sine_mlp_approaches_fd)
 }
 END_TEST
 
+/* Negative curvature: inner(w) = -3/2 ||w||^2 has H = -3 I, so with
+ * lambda = 1, I + H/lambda = -2 I is negative definite: CG stops at its
+ * first direction and returns g itself (the first-order answer), here
+ * d outer/d phi at phi = theta (no inner steps) = theta - c. */
+static ms_tensor *concave(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)b, (void)u;
+    return ms_mul_scalar(ms_sum(ms_square(ms_container_get(v, "w")), 0, NULL, false), -1.5);
+}
+static ms_tensor *to_c(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)b, (void)u;
+    ms_tensor *c = ms_tensor_from_data(MS_F64, 2, (int64_t[]){D, 1}, (double[]){1.0, 2.0, -1.0});
+    ms_tensor *d = ms_sub(ms_container_get(v, "w"), c);
+    if (ms_scope_depth() == 0)
+        ms_release(c);
+    return ms_mul_scalar(ms_sum(ms_square(d), 0, NULL, false), 0.5);
+}
+
+START_TEST(negative_curvature_gives_first_order)
+{
+    ms_container *b = lr_batch(), *v = lr_vars();
+    metastep_imaml_options o = METASTEP_IMAML_OPTIONS_DEFAULT;
+    o.num_tasks = 1;
+    metastep_result r;
+    assert_ok(metastep_imaml_step(b, concave, to_c, v, 0, 0.1, &o, &r));
+    const double c[D] = {1.0, 2.0, -1.0};
+    const ms_tensor *g = ms_container_get(r.grads, "w");
+    for (int i = 0; i < D; i++)
+        ck_assert_msg(at(g, i) == W0[i] - c[i], "dw[%d] = %g", i, at(g, i));
+    ck_assert(at(ms_container_get(r.grads, "b"), 0) == 0);
+    metastep_result_release(&r);
+    ms_container_release(b);
+    ms_container_release(v);
+}
+END_TEST
+
 START_TEST(refusals)
 {
     ms_container *b = lr_batch(), *v = lr_vars();
@@ -408,6 +447,7 @@ int main(void)
     tcase_add_test(tc, closed_form_gradient_descent);
     tcase_add_test(tc, closed_form_momentum);
     tcase_add_test(tc, sine_mlp_approaches_fd);
+    tcase_add_test(tc, negative_curvature_gives_first_order);
     tcase_add_test(tc, refusals);
     suite_add_tcase(s, tc);
     return run_suite(s);
