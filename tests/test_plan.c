@@ -6,7 +6,7 @@
  *    and their keep flags x average_across_steps x outer cost on/off x batch
  *    functions x gradient descent, SGD with momentum or Adam as the inner
  *    optimizer x num_tasks x return_inner_v x float32/float64 x tanh or
- *    relu networks.  Each plan is run on three different batches and
+ *    relu networks x checkpointed second-order MAML (checkpoint_every).  Each plan is run on three different batches and
  *    variable sets of the same structure (the first run traces, the others
  *    replay) and once on a batch with a different number of tasks or points
  *    (a second trace); every result must equal the eager step's on the same
@@ -225,12 +225,15 @@ static config random_config(void)
     c.m.relu = irand(2);
     c.o.user = &c.m;
     c.outer = c.algo != 2 && irand(2) ? query_cost : NULL;
+    /* checkpointed second-order MAML (recomputed segments) traces too */
+    int ck = c.algo == 0 && irand(4) == 0 ? (irand(3) == 0 ? -1 : 1 + irand(3)) : 0;
+    c.o.checkpoint_every = ck;
     snprintf(c.desc, sizeof c.desc,
              "algo %d steps %d tasks %d points %d %s batched %d inner_v %d/%d outer_v %d/%d avg %d "
-             "ret %d num_tasks %d bfn %d opt %d relu %d",
+             "ret %d num_tasks %d bfn %d opt %d relu %d ckpt %d",
              c.algo, c.steps, c.tasks, c.points, ms_dtype_name(c.dt), c.o.batched, iv,
              c.o.keep_inner_v, ov, c.o.keep_outer_v, c.o.average_across_steps,
-             c.o.return_inner_v, c.num_tasks, c.o.inner_batch_fn != NULL, opt, c.m.relu);
+             c.o.return_inner_v, c.num_tasks, c.o.inner_batch_fn != NULL, opt, c.m.relu, ck);
     return c;
 }
 
@@ -279,8 +282,14 @@ static void compare_run(config *c, metastep_plan *p, int tasks, int points, cons
     ms_container *v = make_vars(c->dt, c->o.batched, tasks);
     metastep_result got, want;
     ms_status sg = metastep_plan_run(p, b, v, &got);
+    const char *msg = NULL;
+    ms_last_error(&msg);
+    char why[300];
+    snprintf(why, sizeof why, "%s", msg ? msg : "");
+    ms_clear_error();
     ms_status sw = eager_of(c, b, v, &want);
-    ck_assert_msg(sg == sw, "%s (%s): status %d compiled, %d eager", c->desc, phase, sg, sw);
+    ck_assert_msg(sg == sw, "%s (%s): status %d compiled (%s), %d eager", c->desc, phase, sg,
+                  why, sw);
     if (sg == MS_OK) {
         char w[400];
         snprintf(w, sizeof w, "%s (%s) cost", c->desc, phase);

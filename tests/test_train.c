@@ -820,6 +820,51 @@ START_TEST(i14_options)
 }
 END_TEST
 
+/* Long inner loops (docs/long-inner-loops.md): --checkpoint-every gives the
+ * same parameters, bit for bit, in the command's configuration (unbatched,
+ * every variable adapts, gradient descent: the segments' adjoints are the
+ * unrolled backward's own values, added in the same order); --algo imaml
+ * runs; the flags are refused where they do not apply. */
+START_TEST(long_inner_loops)
+{
+    char cmd[2048], out[8192], a[600], b[600];
+    const char *refused[][2] = {
+        {"train --task sine --algo fomaml --checkpoint-every 2", "--checkpoint-every and"},
+        {"train --task sine --algo reptile --memory-budget 100", "--memory-budget apply"},
+        {"train --task sine --memory-budget 0", "invalid value"},
+        {"train --task sine --checkpoint-every -2", "invalid value"},
+        {"train --task sine --algo imaml --batched", "drop --batched"},
+        {"train --task sine --algo imaml --lambda 0", "invalid value"},
+        {"train --task sine --algo imaml --cg-steps 0", "invalid value"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s %s --quiet 2>&1", METASTEP_EXE, refused[i][0]);
+        int st = run(cmd, out, sizeof out);
+        ck_assert_msg(st == 2 && strstr(out, refused[i][1]), "'%s': exit %d: %s", refused[i][0],
+                      st, out);
+    }
+    const char *every[] = {"0", "1", "3", "-1", "0 --memory-budget 0.5", "0 --memory-budget 1000"};
+    for (int i = 0; i < 6; i++) {
+        make_dir();
+        snprintf(i ? b : a, sizeof a, "%s/params.safetensors", dir);
+        snprintf(cmd, sizeof cmd, "%s train --task sine --inner-steps 7 --checkpoint-every %s "
+                 "--meta-steps 6 --meta-batch 3 --eval-tasks 2 --quiet --out %s 2>&1",
+                 METASTEP_EXE, every[i], dir);
+        ck_assert_msg(run(cmd, out, sizeof out) == 0, "%s", out);
+        if (i) {
+            snprintf(cmd, sizeof cmd, "cmp %s %s 2>&1", a, b);
+            ck_assert_msg(run(cmd, out, sizeof out) == 0, "--checkpoint-every %s: %s", every[i], out);
+        }
+    }
+    make_dir();
+    snprintf(cmd, sizeof cmd, "%s train --task sine --algo imaml --inner-steps 5 --lambda 2 "
+             "--cg-steps 3 --meta-steps 4 --meta-batch 2 --eval-tasks 2 --quiet --out %s 2>&1",
+             METASTEP_EXE, dir);
+    ck_assert_msg(run(cmd, out, sizeof out) == 0, "%s", out);
+    ck_assert(exists("params.safetensors"));
+}
+END_TEST
+
 /* 15: eval takes the dtype from the parameters file. */
 START_TEST(i15_eval_dtype)
 {
@@ -958,6 +1003,7 @@ int main(void)
     tcase_add_test(th, i14_options);
     tcase_add_test(th, i15_eval_dtype);
     tcase_add_test(th, i16_readme_flags);
+    tcase_add_test(th, long_inner_loops);
     suite_add_tcase(s, th);
 #endif
     suite_add_tcase(s, tc);

@@ -25,10 +25,11 @@
 #define EPISODES_SEED 0xe915ull
 #define MAX_TASK_OPTS 32
 
-typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE } algo;
+typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE, ALGO_IMAML } algo;
+static const char *const algo_names[] = {"maml", "fomaml", "reptile", "imaml"};
+#define NALGOS ((int)(sizeof algo_names / sizeof *algo_names))
 typedef enum { ENGINE_AUTO, ENGINE_COMPILED, ENGINE_EAGER } engine;
 static const char *const engine_names[] = {"auto", "compiled", "eager"};
-static const char *const algo_names[] = {"maml", "fomaml", "reptile"};
 
 typedef struct config {
     const char *task, *backend, *out, *resume;
@@ -45,6 +46,12 @@ typedef struct config {
     const char *opt_key[MAX_TASK_OPTS], *opt_val[MAX_TASK_OPTS]; /* value may be NULL */
     char opt_buf[MAX_TASK_OPTS][64];
     int nopts;
+    /* long inner loops (docs/long-inner-loops.md) */
+    int checkpoint_every; /* maml: metastep_options.checkpoint_every */
+    double memory_budget; /* maml: metastep_options.checkpoint_budget_mib */
+    double lambda;        /* imaml: proximal strength */
+    int cg_steps;         /* imaml: conjugate-gradient iterations */
+    bool checkpoint_given;
 } config;
 
 static volatile sig_atomic_t interrupted;
@@ -74,7 +81,7 @@ static void train_usage(FILE *f)
         "\n"
         "options:\n"
         "  --task NAME|PATH     task plugin (e.g. sine)                          [required]\n"
-        "  --algo A             maml | fomaml | reptile                           [maml]\n"
+        "  --algo A             maml | fomaml | reptile | imaml                   [maml]\n"
         "  --backend NAME|PATH  compute backend (default: $METASTEP_BACKEND, else ref)\n"
         "  --meta-steps N       meta-training steps                               [2000]\n"
         "  --meta-batch N       tasks per meta-step                               [25]\n"
@@ -85,12 +92,21 @@ static void train_usage(FILE *f)
         "  --k N                support (and query) points per task               [10]\n"
         "  --shots N            the same as --k: support images per class (images task)\n"
         "  --batched            run all tasks of a meta-step as one batch (Ivy's batched=True)\n"
+        "  --checkpoint-every N maml: keep the inner loop's variables every N steps and\n"
+        "                       recompute each segment's graph in the backward pass\n"
+        "                       (memory ~ k/N + N steps, not k); -1: N = sqrt(k); 0: off [0]\n"
+        "  --memory-budget MiB  maml: choose N from this budget for what grows with\n"
+        "                       the inner steps (checkpoints and one segment)      [off]\n"
+        "  --lambda X           imaml: proximal term lambda/2 ||phi - theta||^2   [1]\n"
+        "  --cg-steps N         imaml: conjugate-gradient iterations              [5]\n"
         "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
         "                       bit-identical for every N                  [cores online]\n"
         "  --engine E           compiled: trace the meta-step once and replay it\n"
         "                       (metastep_plan_*; one thread); eager: the step\n"
         "                       functions; auto: compiled unless unbatched with\n"
-        "                       --threads above 1; results are identical    [auto]\n"
+        "                       --threads above 1 or with --checkpoint-every or\n"
+        "                       --memory-budget; iMAML runs eagerly; results are\n"
+        "                       identical                                  [auto]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
         "  --dtype D            float32 | float64                                 [float32]\n"
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
@@ -510,6 +526,9 @@ static char *config_text(const config *c, const metastep_task *task)
                            c->inner_lr, c->outer_lr, c->meta_batch, c->k,
                            c->batched ? "yes" : "no", (unsigned long long)c->seed,
                            ms_dtype_name(c->dtype));
+        if (c->algo == ALGO_IMAML) /* only then: older checkpoints' texts stay as they were */
+            len += snprintf(text + len, cap - (size_t)len, "--lambda=%.17g\n--cg-steps=%d\n",
+                            c->lambda, c->cg_steps);
         for (int i = 0; i < n; i++)
             len += snprintf(text + len, cap - (size_t)len, "%s", lines[i]);
     }
@@ -850,13 +869,16 @@ static bool write_curves(const char *dir, bool accuracy)
 
 /* ----------------------------------------------------------- the loop */
 
-/* Whether the meta-steps run as a compiled plan: --engine auto compiles
- * unless the tasks of an unbatched step run on several threads (a plan
- * replays on one). */
+/* Whether the meta-steps run as a compiled plan.  iMAML has no plan.
+ * --engine auto compiles unless the tasks of an unbatched step run on
+ * several threads (a plan replays on one) or checkpointed MAML is asked for
+ * (its memory budget counts live tensors, not a plan's arena). */
 static bool compiled(const config *c)
 {
+    if (c->algo == ALGO_IMAML)
+        return false;
     return c->engine == ENGINE_COMPILED ||
-           (c->engine == ENGINE_AUTO && (c->batched || c->threads <= 1));
+           (c->engine == ENGINE_AUTO && (c->batched || c->threads <= 1) && !c->checkpoint_given);
 }
 
 /* One meta step; with a plan slot, compiled (the plan is made on first use,
@@ -874,18 +896,27 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
     metastep_options o = METASTEP_OPTIONS_DEFAULT;
     o.batched = c->batched;
     o.threads = c->threads;
+    o.checkpoint_every = c->algo == ALGO_MAML ? c->checkpoint_every : 0;
+    o.checkpoint_budget_mib = c->algo == ALGO_MAML ? c->memory_budget : 0;
     if (plan && !*plan)
         st = c->algo == ALGO_REPTILE
                  ? metastep_plan_reptile(task->inner_cost, c->inner_steps, c->inner_lr, &ro, plan)
                  : (c->algo == ALGO_MAML ? metastep_plan_maml : metastep_plan_fomaml)(
                        task->inner_cost, task->outer_cost, c->inner_steps, c->inner_lr, &o, plan);
-    if (st == MS_OK && plan)
+    if (st == MS_OK && plan) {
         st = metastep_plan_run(*plan, batch, v, r);
-    else if (st == MS_OK && c->algo == ALGO_REPTILE)
+    } else if (st == MS_OK && c->algo == ALGO_IMAML) {
+        metastep_imaml_options io = METASTEP_IMAML_OPTIONS_DEFAULT;
+        io.lambda = c->lambda;
+        io.cg_steps = c->cg_steps;
+        st = metastep_imaml_step(batch, task->inner_cost, task->outer_cost, v, c->inner_steps,
+                                 c->inner_lr, &io, r);
+    } else if (st == MS_OK && c->algo == ALGO_REPTILE) {
         st = metastep_reptile_step(batch, task->inner_cost, v, c->inner_steps, c->inner_lr, &ro, r);
-    else if (st == MS_OK)
+    } else if (st == MS_OK) {
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
+    }
     ms_container_release(v);
     return st;
 }
@@ -992,7 +1023,8 @@ static bool write_summary(const config *c, const metastep_task *task, long steps
 enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
-    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_ENGINE, O_HELP = 'h'
+    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_ENGINE, O_CKPT_EVERY,
+    O_LAMBDA, O_CG_STEPS, O_MEM_BUDGET, O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -1011,6 +1043,9 @@ static const struct option train_options[] = {
     {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
     {"threads", required_argument, NULL, O_THREADS},
     {"engine", required_argument, NULL, O_ENGINE},
+    {"checkpoint-every", required_argument, NULL, O_CKPT_EVERY},
+    {"memory-budget", required_argument, NULL, O_MEM_BUDGET},
+    {"lambda", required_argument, NULL, O_LAMBDA}, {"cg-steps", required_argument, NULL, O_CG_STEPS},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1049,7 +1084,7 @@ static bool train_opt(void *user, int id, const char *v)
     case O_JSON: p->json = true; return true;
     case O_TASKS: return util_int(v, 1, 100000, &p->tasks);
     case O_ALGO: {
-        int k = util_choice(v, algo_names, 3);
+        int k = util_choice(v, algo_names, NALGOS);
         c->algo = (algo)(k < 0 ? 0 : k);
         return k >= 0;
     }
@@ -1072,6 +1107,12 @@ static bool train_opt(void *user, int id, const char *v)
         c->engine = k < 0 ? 0 : k;
         return k >= 0;
     }
+    case O_CKPT_EVERY: c->checkpoint_given = true; return util_int(v, -1, 100000, &c->checkpoint_every);
+    case O_MEM_BUDGET:
+        c->checkpoint_given = true;
+        return util_double(v, &c->memory_budget) && c->memory_budget > 0 && isfinite(c->memory_budget);
+    case O_LAMBDA: return util_double(v, &c->lambda) && c->lambda > 0 && isfinite(c->lambda);
+    case O_CG_STEPS: return util_int(v, 1, 100000, &c->cg_steps);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1104,7 +1145,7 @@ static int parse_train(int argc, char **argv, config *c)
     *c = (config){.task = NULL, .out = "out", .algo = ALGO_MAML, .meta_steps = 2000,
                   .meta_batch = 25, .inner_steps = 1, .k = 10, .eval_tasks = 100,
                   .eval_every = 0, .inner_lr = 0.01, .outer_lr = 1e-3, .outer_adam = true,
-                  .seed = 0, .dtype = MS_F32};
+                  .seed = 0, .dtype = MS_F32, .lambda = 1.0, .cg_steps = 5};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     c->threads = cores > 1 ? (int)(cores < 1024 ? cores : 1024) : 1;
     parsed p = {.c = c};
@@ -1116,6 +1157,15 @@ static int parse_train(int argc, char **argv, config *c)
     }
     if (!c->task) {
         fprintf(stderr, "metastep train: --task is required (try --help)\n");
+        return 2;
+    }
+    if (c->checkpoint_given && c->algo != ALGO_MAML) {
+        fprintf(stderr, "metastep train: --checkpoint-every and --memory-budget apply to "
+                        "--algo maml (second order) only\n");
+        return 2;
+    }
+    if (c->algo == ALGO_IMAML && c->batched) {
+        fprintf(stderr, "metastep train: --algo imaml runs the tasks one by one; drop --batched\n");
         return 2;
     }
     if (c->resume && p.out_given) {

@@ -65,7 +65,7 @@ static void carry(ms_tensor **slot, ms_tensor *t)
 
 /* The variables a mask selects: all when mask is NULL, the chains when keep,
  * the rest otherwise. */
-static ms_container *select_vars(const ms_container *vars, const char *const *mask, bool keep)
+ms_container *ms__select_vars(const ms_container *vars, const char *const *mask, bool keep)
 {
     if (!mask)
         return ms_container_copy(vars);
@@ -74,7 +74,7 @@ static ms_container *select_vars(const ms_container *vars, const char *const *ma
 
 /* Tensors to differentiate with respect to: those already in a graph stay
  * (so second order flows through them); constants become variables. */
-static ms_container *as_variables(const ms_container *c)
+ms_container *ms__as_variables(const ms_container *c)
 {
     ms_container *out = ms_container_new();
     for (int i = 0; out && i < ms_container_size(c); i++) {
@@ -90,26 +90,26 @@ static ms_container *as_variables(const ms_container *c)
     return out;
 }
 
-static ms_status check_cost(const meta_cfg *c, const ms_tensor *cost, const char *which,
-                            int step, int task)
+ms_status ms__check_cost(const char *fn, const ms_tensor *cost, const char *which, int step,
+                         int task)
 {
     if (!cost) {
         ms_status st = ms_last_error(NULL);
         return ms__fail(st == MS_OK ? MS_ERR_INVALID_ARG : st,
-                        "%s: the %s cost function returned NULL (step %d, task %d)", c->fn, which,
+                        "%s: the %s cost function returned NULL (step %d, task %d)", fn, which,
                         step, task);
     }
     if (ms_tensor_numel(cost) != 1)
         return ms__fail(MS_ERR_INVALID_ARG,
                         "%s: the %s cost function returned %lld elements, not one (step %d, task %d)",
-                        c->fn, which, (long long)ms_tensor_numel(cost), step, task);
+                        fn, which, (long long)ms_tensor_numel(cost), step, task);
     /* t->data, not ms_tensor_item: a compiled step's trace refuses host reads
      * by the callables, not the step's own checks */
     ms__tape_check(cost->data, 1, cost->dtype);
     double v = cost->dtype == MS_F32 ? (double)*(const float *)cost->data
                                      : *(const double *)cost->data;
     if (!isfinite(v))
-        return ms__fail(MS_ERR_NUMERIC, "%s: the %s cost is %g at step %d of task %d", c->fn,
+        return ms__fail(MS_ERR_NUMERIC, "%s: the %s cost is %g at step %d of task %d", fn,
                         which, v, step, task);
     return MS_OK;
 }
@@ -147,8 +147,8 @@ static int64_t first_nonfinite(const ms_tensor *t)
  * learning and hides the bug that produced the value (the usual fix is in
  * the cost: sqrt(x + eps) rather than sqrt(x)).  task < 0: the gradient of
  * the mean over every task. */
-static ms_status check_grads(const meta_cfg *c, const ms_container *g, const char *which,
-                             int step, int task)
+ms_status ms__check_grads(const char *fn, const ms_container *g, const char *which, int step,
+                          int task)
 {
     for (int i = 0; g && i < ms_container_size(g); i++) {
         const ms_tensor *t = ms_container_at(g, i);
@@ -168,7 +168,7 @@ static ms_status check_grads(const meta_cfg *c, const ms_container *g, const cha
                         "%s: the %s gradient for '%s' is %s (element %lld) %s; non-finite "
                         "gradients are refused, not zeroed: make the cost differentiable there "
                         "(e.g. sqrt(x + eps))",
-                        c->fn, which, ms_container_key(g, i),
+                        fn, which, ms_container_key(g, i),
                         isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf", (long long)at, where);
     }
     return MS_OK;
@@ -185,7 +185,7 @@ static ms_status grads_of(const meta_cfg *c, ms_tensor *cost, const ms_container
         swap_in(g, ms_container_mul_scalar(*g, (double)c->num_tasks));
     if (st == MS_OK && !*g)
         st = ms_last_error(NULL);
-    return st != MS_OK ? st : check_grads(c, *g, which, step, task);
+    return st != MS_OK ? st : ms__check_grads(c->fn, *g, which, step, task);
 }
 
 /* Add g to the running sum of contributions (or make it the last one). */
@@ -212,16 +212,16 @@ static ms_status outer_cost(const meta_cfg *c, metastep_cost_fn fn, const ms_con
 {
     if (c->order == 2) {
         *cost = fn(batch, vars, c->user);
-        return check_cost(c, *cost, c->outer_fn ? "outer" : "inner", step, task);
+        return ms__check_cost(c->fn, *cost, c->outer_fn ? "outer" : "inner", step, task);
     }
-    ms_container *sel = select_vars(vars, c->outer_v, c->keep_outer);
-    ms_container *ov = sel ? as_variables(sel) : NULL;
+    ms_container *sel = ms__select_vars(vars, c->outer_v, c->keep_outer);
+    ms_container *ov = sel ? ms__as_variables(sel) : NULL;
     ms_container_release(sel);
     ms_container *full = ov && c->outer_v ? ms_container_set_at_key_chains(vars, ov) : NULL;
     ms_status st = ov ? MS_OK : ms_last_error(NULL);
     if (st == MS_OK) {
         *cost = fn(batch, full ? full : ov, c->user);
-        st = check_cost(c, *cost, c->outer_fn ? "outer" : "inner", step, task);
+        st = ms__check_cost(c->fn, *cost, c->outer_fn ? "outer" : "inner", step, task);
     }
     ms_container *g = NULL;
     if (st == MS_OK)
@@ -254,8 +254,8 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
     ms_status st = vars ? MS_OK : ms_last_error(NULL);
     for (int i = 0; st == MS_OK && i < c->steps; i++) {
         ms_scope_push();
-        ms_container *sel = select_vars(vars, c->inner_v, c->keep_inner);
-        ms_container *iv = sel ? as_variables(sel) : NULL;
+        ms_container *sel = ms__select_vars(vars, c->inner_v, c->keep_inner);
+        ms_container *iv = sel ? ms__as_variables(sel) : NULL;
         ms_container_release(sel);
         ms_container *full = iv && unique_inner ? ms_container_set_at_key_chains(vars, iv) : NULL;
         ms_tensor *cost = NULL;
@@ -263,7 +263,7 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
         st = iv && (full || !unique_inner) ? MS_OK : ms_last_error(NULL);
         if (st == MS_OK) {
             cost = c->inner_fn(inner_batch, full ? full : iv, c->user);
-            st = check_cost(c, cost, "inner", i, task);
+            st = ms__check_cost(c->fn, cost, "inner", i, task);
         }
         if (st == MS_OK)
             st = grads_of(c, cost, iv, c->order == 2, &g, "inner", i, task);
@@ -343,8 +343,8 @@ static ms_container *returned_inner(const meta_cfg *c, metastep_return_inner whi
     return first;
 }
 
-static ms_container *apply_batch_fn(metastep_batch_fn fn, const ms_container *b, void *user,
-                                    const char *name)
+ms_container *ms__apply_batch_fn(metastep_batch_fn fn, const ms_container *b, void *user,
+                                 const char *name)
 {
     if (!fn)
         return ms_container_copy(b);
@@ -435,15 +435,15 @@ static ms_status run_task(const unbatched *u, int t, task_out *o)
         vars = priv;
         wrt = wrt ? priv_wrt : NULL;
     }
-    ms_container *ib = st == MS_OK ? apply_batch_fn(u->inner_bfn, u->subs[t], c->user, c->fn) : NULL;
-    ms_container *ob = ib ? apply_batch_fn(u->outer_bfn, u->subs[t], c->user, c->fn) : NULL;
+    ms_container *ib = st == MS_OK ? ms__apply_batch_fn(u->inner_bfn, u->subs[t], c->user, c->fn) : NULL;
+    ms_container *ob = ib ? ms__apply_batch_fn(u->outer_bfn, u->subs[t], c->user, c->fn) : NULL;
     if (st == MS_OK)
         st = ob ? train_task(c, ib, ob, vars, t, o) : ms_last_error(NULL);
     if (st == MS_OK && wrt) {
         swap_in(&o->grads, NULL);
         st = ms_grad(o->cost, wrt, false, &o->grads);
         if (st == MS_OK)
-            st = check_grads(c, o->grads, "outer", c->steps, t);
+            st = ms__check_grads(c->fn, o->grads, "outer", c->steps, t);
         carry(&o->cost, ms_stop_gradient(o->cost));
         swap_in(&o->vars, ms_container_stop_gradient(o->vars));
         if (st == MS_OK && (!o->cost || !o->vars))
@@ -586,8 +586,8 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
     *grads = NULL;
     *inner_v = NULL;
     if (c->batched) {
-        ms_container *ib = apply_batch_fn(inner_bfn, batch, c->user, c->fn);
-        ms_container *ob = ib ? apply_batch_fn(outer_bfn, batch, c->user, c->fn) : NULL;
+        ms_container *ib = ms__apply_batch_fn(inner_bfn, batch, c->user, c->fn);
+        ms_container *ob = ib ? ms__apply_batch_fn(outer_bfn, batch, c->user, c->fn) : NULL;
         task_out o;
         ms_status st = ob ? train_task(c, ib, ob, variables, 0, &o) : ms_last_error(NULL);
         ms_container_release(ib);
@@ -787,10 +787,14 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     ms_status st = validate(&c, batch, variables, out);
     if (st != MS_OK)
         return st;
+    if (o.checkpoint_every != 0 || o.checkpoint_budget_mib != 0) /* checkpointed.c */
+        return ms__maml_checkpointed(c.fn, batch, inner_cost_fn, outer_cost_fn, variables,
+                                     inner_grad_steps, inner_learning_rate, &o, c.opt,
+                                     c.num_tasks, out);
     bool stop = c.stop;
     c.stop = false; /* the inner procedure stays differentiable */
     ms_scope_push();
-    ms_container *sel = select_vars(variables, c.outer_v, c.keep_outer);
+    ms_container *sel = ms__select_vars(variables, c.outer_v, c.keep_outer);
     ms_container *ov = ms_container_new();
     st = sel && ov ? MS_OK : ms_last_error(NULL);
     for (int i = 0; st == MS_OK && i < ms_container_size(sel); i++)
@@ -812,7 +816,7 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     if (st == MS_OK && !c.per_task_wrt) {
         st = ms_grad(cost, ov, false, &grads);
         if (st == MS_OK)
-            st = check_grads(&c, grads, "outer", c.steps, c.batched ? 0 : -1);
+            st = ms__check_grads(c.fn, grads, "outer", c.steps, c.batched ? 0 : -1);
     }
     if (st == MS_OK && c.batched) {
         swap_in(&grads, ms_container_sum(grads, 0));

@@ -359,7 +359,12 @@ ms_status metastep_optim_state_restore(metastep_optim_state *s, const ms_contain
         else
             st = ms_container_set(key[0] == 'm' ? nm : nv, key + 2, ms_container_at(saved, i));
     }
-    double t = ms_tensor_item(ms_container_get(saved, "t"));
+    /* ->data, not ms_tensor_item: the step count is the optimizer's own
+     * bookkeeping (checkpointed MAML restores it inside a step), which a
+     * compiled step's trace must not take for a callable's host read */
+    const ms_tensor *tt = ms_container_get(saved, "t");
+    double t = !tt || tt->numel != 1 ? NAN
+               : tt->dtype == MS_F32 ? (double)*(const float *)tt->data : *(const double *)tt->data;
     if (st == MS_OK && (!(t >= 0) || t > 1e9))
         st = ms__fail(MS_ERR_FORMAT, "%s: step count %g is invalid", fn, t);
     if (st != MS_OK) {

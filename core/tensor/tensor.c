@@ -11,6 +11,9 @@
 #define MS_SCOPE_KEEP 4096 /* entries of the outermost scope's list kept after its pop */
 
 static atomic_llong live_tensors;
+/* bytes of the live tensors' blocks (header and data), and the most since
+ * the last ms_reset_peak_tensor_bytes: a memory measure that needs no clock */
+static atomic_llong live_bytes, peak_bytes;
 
 typedef struct scope {
     ms_tensor **items;
@@ -204,6 +207,15 @@ static ms_tensor *tensor_alloc(const char *fn, ms_dtype dt, int ndim, const int6
         return NULL;
     }
     atomic_fetch_add_explicit(&live_tensors, 1, memory_order_relaxed);
+    {
+        long long now = atomic_fetch_add_explicit(&live_bytes, 1LL << cls, memory_order_relaxed) +
+                        (1LL << cls);
+        long long peak = atomic_load_explicit(&peak_bytes, memory_order_relaxed);
+        while (now > peak && !atomic_compare_exchange_weak_explicit(
+                                 &peak_bytes, &peak, now, memory_order_relaxed,
+                                 memory_order_relaxed))
+            ;
+    }
     t->level = 0;
     return t;
 }
@@ -247,6 +259,7 @@ static void destroy(ms_tensor *t)
     t->magic = MS_TENSOR_DEAD;
     t->node = NULL;
     atomic_fetch_sub_explicit(&live_tensors, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&live_bytes, 1LL << t->block, memory_order_relaxed);
     ms__block_free(t, t->block);
     if (n)
         ms__node_free(n); /* releases the inputs, possibly re-entering ms_release */
@@ -349,6 +362,24 @@ void ms__scope_adopt(ms_tensor *t)
 }
 
 int64_t ms_live_tensors(void) { return atomic_load(&live_tensors); }
+
+int64_t ms_live_tensor_bytes(void) { return atomic_load(&live_bytes); }
+
+int64_t ms_peak_tensor_bytes(void) { return atomic_load(&peak_bytes); }
+
+void ms_reset_peak_tensor_bytes(void) { atomic_store(&peak_bytes, atomic_load(&live_bytes)); }
+
+int64_t ms__peak_tensor_bytes_restart(void)
+{
+    return atomic_exchange(&peak_bytes, atomic_load(&live_bytes));
+}
+
+void ms__peak_tensor_bytes_raise(int64_t v)
+{
+    long long peak = atomic_load(&peak_bytes);
+    while (v > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, v))
+        ;
+}
 
 /* --- creation --- */
 

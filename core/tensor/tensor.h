@@ -54,6 +54,11 @@ MS_HIDDEN bool ms__same_dtype(const char *fn, const ms_tensor *a, const ms_tenso
 MS_HIDDEN int ms__axis(const char *fn, int axis, int ndim);
 /* Contiguous element strides of a shape. */
 MS_HIDDEN void ms__strides(int ndim, const int64_t *shape, int64_t *strides);
+/* For a measurement inside the library that must not disturb the caller's
+ * (ms_peak_tensor_bytes): restart the peak at the live bytes, returning the
+ * peak so far; afterwards raise it back to at least that value. */
+MS_HIDDEN int64_t ms__peak_tensor_bytes_restart(void);
+MS_HIDDEN void ms__peak_tensor_bytes_raise(int64_t v);
 /* After an internal scope is popped, hand a retained result to the now-current scope. */
 MS_HIDDEN void ms__scope_adopt(ms_tensor *t);
 

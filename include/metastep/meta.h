@@ -65,6 +65,35 @@ typedef struct metastep_options {
      * and second-order MAML unbatched with stop_gradients off (whose graph
      * spans every task), run on the caller's thread only. */
     int threads;                                       /* 0 */
+    /* Checkpointed second-order MAML (metastep_maml_step only; the first-order
+     * steps ignore it).  0: the whole inner loop's graph is kept until the
+     * outer gradient is taken (memory grows with every inner step).  N > 0:
+     * the inner loop runs without keeping its graph and stores the adapted
+     * variables and the inner optimizer's state every N steps; the backward
+     * pass recomputes one N-step segment at a time from its checkpoint and
+     * carries the adjoint back through it, so memory holds ceil(k / N)
+     * checkpoints and one segment's graph: O(sqrt(k)) for N near sqrt(k), at
+     * the price of one more forward pass.  -1: N = ceil(sqrt(k)).  Results
+     * equal the un-checkpointed step's to float rounding (docs/long-inner-loops.md
+     * says when they are bit-identical).  Inner optimizers: gradient descent,
+     * metastep_sgd, metastep_adam and any stateless user optimizer
+     * (state_new NULL); a user optimizer with state is refused
+     * (MS_ERR_INVALID_ARG), since its state cannot be stored. */
+    int checkpoint_every;                              /* 0 */
+    /* With checkpoint_every 0: > 0 chooses the segment length N from a
+     * memory budget in MiB.  The step first runs a one-step segment on the
+     * first task (the inner step with its graph and the backward sweep
+     * through it) to measure its peak tensor bytes G, and the checkpoint
+     * size S (the adapted variables and the optimizer state), then takes the
+     * largest N with (ceil(k/N) - 1) * S + N * G <= the budget: N >= k is
+     * the whole graph in one segment, without the extra forward pass.  The
+     * budget covers what grows with k; the outer cost's own pass and the
+     * caller's data come on top.  The measure reads the process's tensor
+     * bytes (ms_peak_tensor_bytes, left as the caller would see it without
+     * the probe), so no other thread should compute meanwhile.  No N fits:
+     * MS_ERR_INVALID_ARG naming the least budget that would.  0: no budget.
+     * Negative or NaN: MS_ERR_INVALID_ARG. */
+    double checkpoint_budget_mib;                      /* 0 */
 } metastep_options;
 
 #define METASTEP_OPTIONS_DEFAULT                                                            \
@@ -73,7 +102,8 @@ typedef struct metastep_options {
                         .batched = true, .inner_v = NULL, .keep_inner_v = true,            \
                         .outer_v = NULL, .keep_outer_v = true,                             \
                         .return_inner_v = METASTEP_RETURN_INNER_NONE, .num_tasks = 0,      \
-                        .stop_gradients = true, .user = NULL, .threads = 0})
+                        .stop_gradients = true, .user = NULL, .threads = 0,          \
+                        .checkpoint_every = 0, .checkpoint_budget_mib = 0})
 
 /* Only what Ivy's reptile_step takes. */
 typedef struct metastep_reptile_options {

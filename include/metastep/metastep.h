@@ -11,6 +11,7 @@
 #include "metastep/optim.h"
 #include "metastep/meta.h"
 #include "metastep/plan.h"
+#include "metastep/imaml.h"
 #include "metastep/task.h"
 
 #endif

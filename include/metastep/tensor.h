@@ -105,6 +105,14 @@ ms_status ms_scope_pop(void);
 int ms_scope_depth(void);
 /* Number of live tensors in this process (for leak tests). */
 int64_t ms_live_tensors(void);
+/* Bytes held by the live tensors (each tensor's allocator block: header and
+ * data, rounded up to a power of two), and the most held at once since the
+ * last ms_reset_peak_tensor_bytes (which sets it to the live bytes now).
+ * Process-wide; graph nodes and containers are not counted.  A memory
+ * measure that does not depend on the allocator's caching or on timing. */
+int64_t ms_live_tensor_bytes(void);
+int64_t ms_peak_tensor_bytes(void);
+void ms_reset_peak_tensor_bytes(void);
 
 /* --- printing in Ivy's layout: ivy.array([1.5 , 2.25]) --- */
 
