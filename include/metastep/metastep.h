@@ -10,6 +10,7 @@
 #include "metastep/container.h"
 #include "metastep/optim.h"
 #include "metastep/meta.h"
+#include "metastep/variants.h"
 #include "metastep/task.h"
 
 #endif
