@@ -81,7 +81,13 @@ typedef struct metastep_options {
      * descent (another inner_optimization_step is refused).  The rates are
      * differentiated too: result.grads holds their gradients under
      * "inner_lr/<key chain>" (METASTEP_INNER_LR_PREFIX), the rates' shapes,
-     * alongside the variables' own.  Borrowed for the call. */
+     * alongside the variables' own.  Second order: the exact derivative of
+     * the cost; first order: its derivative with every inner gradient held
+     * constant (-sum_i dcost/dw_S * dcdw_i, reduced to the rate's shape).
+     * MS_ERR_KEY (a rate naming no inner variable, an inner variable without
+     * one, a variable under "inner_lr/"), MS_ERR_SHAPE, MS_ERR_DTYPE,
+     * MS_ERR_NUMERIC (a non-finite rate), MS_ERR_INVALID_ARG (another inner
+     * optimizer).  Borrowed for the call. */
     const ms_container *inner_learning_rates;           /* NULL */
     bool inner_lr_per_step;                             /* false */
     /* Multi-step loss (MAML++ MSL): NULL, Ivy's behaviour (the final cost, or
