@@ -405,6 +405,10 @@ START_TEST(plan_refuses_graph_results)
     ck_assert_int_eq(metastep_plan_maml(support_cost, NULL, 1, 0.1, &o, &p), MS_ERR_INVALID_ARG);
     ck_assert_ptr_null(p);
     ck_assert_int_eq(metastep_plan_reptile(support_cost, 1, 0.0, NULL, &p), MS_ERR_INVALID_ARG);
+    const double w[2] = {0.5, 0.5};
+    o = METASTEP_OPTIONS_DEFAULT;
+    o.step_weights = w;
+    ck_assert_int_eq(metastep_plan_maml(support_cost, NULL, 1, 0.1, &o, &p), MS_ERR_INVALID_ARG);
     ck_assert_int_eq(metastep_plan_fomaml(NULL, NULL, 1, 0.1, NULL, &p), MS_ERR_NULL_ARG);
     ck_assert_int_eq(metastep_plan_run(NULL, NULL, NULL, NULL), MS_ERR_NULL_ARG);
     ms_clear_error();

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "runlog.h"
 #include "util.h"
+#include "variants.h"
 
 #ifdef MS_HAVE_PLOT
 #include "plot.h"
@@ -25,11 +26,13 @@
 #define EPISODES_SEED 0xe915ull
 #define MAX_TASK_OPTS 32
 
-typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE, ALGO_IMAML } algo;
-static const char *const algo_names[] = {"maml", "fomaml", "reptile", "imaml"};
+typedef enum { ALGO_MAML, ALGO_FOMAML, ALGO_REPTILE, ALGO_IMAML, ALGO_METASGD, ALGO_MAMLPP } algo;
+static const char *const algo_names[] = {"maml", "fomaml", "reptile", "imaml", "metasgd", "mamlpp"};
 #define NALGOS ((int)(sizeof algo_names / sizeof *algo_names))
 typedef enum { ENGINE_AUTO, ENGINE_COMPILED, ENGINE_EAGER } engine;
 static const char *const engine_names[] = {"auto", "compiled", "eager"};
+/* MAML++'s multi-step loss annealing when --algo mamlpp gives no --msl-anneal */
+#define MAMLPP_MSL_ANNEAL 100
 
 typedef struct config {
     const char *task, *backend, *out, *resume;
@@ -52,7 +55,18 @@ typedef struct config {
     double lambda;        /* imaml: proximal strength */
     int cg_steps;         /* imaml: conjugate-gradient iterations */
     bool checkpoint_given;
+    /* beyond Ivy (docs/variants.md) */
+    bool adapt_head;                   /* --adapt head: ANIL */
+    long msl_anneal, first_order_until; /* 0: off */
+    char head_buf[256];
+    const char *head_v[2];             /* the head's key chain prefix, when adapt_head */
 } config;
+
+/* Learned inner rates: Meta-SGD (per element) or MAML++ LSLR (per step). */
+static bool learned_rates(const config *c)
+{
+    return c->algo == ALGO_METASGD || c->algo == ALGO_MAMLPP;
+}
 
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig)
@@ -81,7 +95,19 @@ static void train_usage(FILE *f)
         "\n"
         "options:\n"
         "  --task NAME|PATH     task plugin (e.g. sine)                          [required]\n"
-        "  --algo A             maml | fomaml | reptile | imaml                   [maml]\n"
+        "  --algo A             maml | fomaml | reptile | imaml | metasgd | mamlpp  [maml]\n"
+        "                       imaml: implicit MAML (docs/long-inner-loops.md)\n"
+        "                       metasgd: second-order MAML with a learned rate per\n"
+        "                       parameter element (Meta-SGD), initialised to --inner-lr;\n"
+        "                       mamlpp: MAML++, a learned rate per variable and inner step\n"
+        "                       (LSLR) and the annealed multi-step loss (docs/variants.md)\n"
+        "  --adapt W            all | head: head adapts only the last layer's variables\n"
+        "                       in the inner loop (ANIL; not with reptile)           [all]\n"
+        "  --msl-anneal N       multi-step loss over the inner steps with MAML++'s weights,\n"
+        "                       annealed to the final step over N meta-steps, then the\n"
+        "                       final loss alone (not with reptile)   [mamlpp: 100; else 0]\n"
+        "  --first-order-until N  first-order MAML for the first N meta-steps, second\n"
+        "                       order after (maml, metasgd, mamlpp)                [0]\n"
         "  --backend NAME|PATH  compute backend (default: $METASTEP_BACKEND, else ref)\n"
         "  --meta-steps N       meta-training steps                               [2000]\n"
         "  --meta-batch N       tasks per meta-step                               [25]\n"
@@ -166,6 +192,10 @@ static void eval_usage(FILE *f)
         "  --params FILE        a params.safetensors written by metastep train     [required]\n"
         "  --backend NAME|PATH  compute backend\n"
         "  --inner-lr X         adaptation learning rate                          [0.01]\n"
+        "                       (learned rates in --params, under inner_lr/, are used\n"
+        "                       instead: Meta-SGD, MAML++ whose per-step rates reuse\n"
+        "                       the last one beyond their steps)\n"
+        "  --adapt W            all | head: adapt only the last layer (ANIL)      [all]\n"
         "  --k N, --shots N     support (and query) points per task               [10]\n"
         "  --tasks N            held-out tasks                                    [100]\n"
         "  --dtype D            float32 | float64 (default: the dtype of --params)\n"
@@ -316,6 +346,25 @@ static ms_container *adapt(const metastep_task *task, const ms_container *sub,
     return cur;
 }
 
+/* The model's variables (rates left out) adapted on one task as the
+ * algorithm adapts: learned rates, the ANIL head; otherwise adapt(). */
+static ms_container *adapt_params(const config *c, const metastep_task *task,
+                                  const ms_container *sub, const ms_container *vars, int steps)
+{
+    if (!learned_rates(c) && !c->adapt_head)
+        return adapt(task, sub, vars, c->inner_lr, steps);
+    ms_container *model = NULL, *rates = NULL, *out = NULL;
+    if (variant_split(vars, &model, &rates) == MS_OK) {
+        variant_adapt a = {.rates = ms_container_size(rates) ? rates : NULL,
+                           .per_step = variant_per_step(model, rates),
+                           .inner_v = c->adapt_head ? c->head_v : NULL, .lr = c->inner_lr};
+        out = variant_adapt_task(task, sub, model, &a, steps);
+    }
+    ms_container_release(model);
+    ms_container_release(rates);
+    return out;
+}
+
 /* A plotting batch split into its tasks: the count, or -1 (batch released,
  * error cleared) when there is no picture to draw; a missing figure is not a
  * failure of the run. */
@@ -359,8 +408,8 @@ static bool write_fits(const config *c, const metastep_task *task, const ms_cont
     for (int i = 0; i < NX; i++)
         xs[i] = -5 + 10.0 * i / (NX - 1);
     for (int t = 0; t < NT && t < n; t++) {
-        ms_container *a1 = adapt(task, subs[t], vars, c->inner_lr, 1);
-        ms_container *a10 = adapt(task, subs[t], vars, c->inner_lr, 10);
+        ms_container *a1 = adapt_params(c, task, subs[t], vars, 1);
+        ms_container *a10 = adapt_params(c, task, subs[t], vars, 10);
         ms_no_grad_push();
         ms_tensor *curves[4] = {task->truth(batch, t, x), task->predict(vars, x),
                                 a1 ? task->predict(a1, x) : NULL, a10 ? task->predict(a10, x) : NULL};
@@ -434,8 +483,8 @@ static bool write_episodes(const config *c, const metastep_task *task, const ms_
         const int64_t *ss = ms_tensor_shape(sx), *qs = ms_tensor_shape(qx);
         int64_t ways = ms_tensor_shape(sy)[2], per = ss[2] * ss[3] * ss[4];
         ms_tensor *q4 = ms_reshape(qx, 4, qs + 1);
-        ms_container *a1 = adapt(task, subs[e], vars, c->inner_lr, 1);
-        ms_container *a10 = adapt(task, subs[e], vars, c->inner_lr, 10);
+        ms_container *a1 = adapt_params(c, task, subs[e], vars, 1);
+        ms_container *a10 = adapt_params(c, task, subs[e], vars, 10);
         ms_no_grad_push();
         ms_tensor *p[3] = {task->predict(vars, q4), a1 ? task->predict(a1, q4) : NULL,
                            a10 ? task->predict(a10, q4) : NULL};
@@ -529,6 +578,13 @@ static char *config_text(const config *c, const metastep_task *task)
         if (c->algo == ALGO_IMAML) /* only then: older checkpoints' texts stay as they were */
             len += snprintf(text + len, cap - (size_t)len, "--lambda=%.17g\n--cg-steps=%d\n",
                             c->lambda, c->cg_steps);
+        if (c->adapt_head) /* only when not the default: older checkpoints still match */
+            len += snprintf(text + len, cap - (size_t)len, "--adapt=head\n");
+        if (c->msl_anneal)
+            len += snprintf(text + len, cap - (size_t)len, "--msl-anneal=%ld\n", c->msl_anneal);
+        if (c->first_order_until)
+            len += snprintf(text + len, cap - (size_t)len, "--first-order-until=%ld\n",
+                            c->first_order_until);
         for (int i = 0; i < n; i++)
             len += snprintf(text + len, cap - (size_t)len, "%s", lines[i]);
     }
@@ -675,6 +731,66 @@ static ms_status check_params(const ms_container *v, const ms_container *model, 
     return MS_OK;
 }
 
+/* The initial meta-parameters: the task's variables, and with learned
+ * rates (metasgd, mamlpp) "inner_lr/<key chain>" for each inner variable,
+ * every element --inner-lr (Meta-SGD: the variable's shape; MAML++ LSLR:
+ * [inner steps]). */
+static ms_container *initial_params(const config *c, const metastep_task *task)
+{
+    ms_container *v = task->init_variables(c->seed, c->dtype);
+    if (!v || !learned_rates(c))
+        return v;
+    ms_container *all = variant_with_rates(v, c->adapt_head ? c->head_v : NULL,
+                                           c->algo == ALGO_MAMLPP, c->inner_steps, c->inner_lr);
+    ms_container_release(v);
+    return all;
+}
+
+/* The ANIL head's key chain prefix, from the task's model. */
+static bool setup_head(config *c, const metastep_task *task)
+{
+    if (!c->adapt_head)
+        return true;
+    ms_container *v = task->init_variables(c->seed, c->dtype);
+    if (!v)
+        return false;
+    variant_head(v, c->head_buf, sizeof c->head_buf, c->head_v);
+    ms_container_release(v);
+    return true;
+}
+
+/* Held-out evaluation of meta-parameters with learned rates or a head:
+ * the plugin's evaluate knows only a scalar rate on every variable. */
+static ms_status eval_variant(const metastep_task *task, const ms_container *params,
+                              const char *const *inner_v, double lr, int tasks, int k,
+                              ms_dtype dt, metastep_eval *ev)
+{
+    ms_container *model = NULL, *rates = NULL;
+    ms_status st = variant_split(params, &model, &rates);
+    /* classification or not: the plugin's own evaluation of one task says */
+    metastep_eval probe = eval_blank();
+    if (st == MS_OK)
+        st = task->evaluate(model, 1, k, lr, HELDOUT_SEED, dt, &probe);
+    if (st == MS_OK) {
+        variant_adapt a = {.rates = ms_container_size(rates) ? rates : NULL,
+                           .per_step = variant_per_step(model, rates), .inner_v = inner_v,
+                           .lr = lr};
+        st = variant_evaluate(task, model, &a, tasks, k, HELDOUT_SEED, dt, probe.has_accuracy, ev);
+    }
+    ms_container_release(model);
+    ms_container_release(rates);
+    return st;
+}
+
+static ms_status evaluate_params(const config *c, const metastep_task *task,
+                                 const ms_container *vars, metastep_eval *ev)
+{
+    if (!learned_rates(c) && !c->adapt_head)
+        return task->evaluate(vars, c->eval_tasks, c->k, c->inner_lr, HELDOUT_SEED, c->dtype, ev);
+    return eval_variant(task, vars, c->adapt_head ? c->head_v : NULL, c->inner_lr, c->eval_tasks,
+                        c->k, c->dtype, ev);
+}
+
 /* Load c->resume's checkpoint; MS_OK, or an error recorded.  *config_rc is
  * set to 2 when the checkpoint's configuration differs from c's (message
  * printed). */
@@ -731,7 +847,7 @@ static ms_status load_checkpoint(const config *c, const metastep_task *task, ms_
     for (int i = 0; st == MS_OK && i < ms_container_size(params); i++)
         st = ms_container_set(v, ms_container_key(params, i) + 7, ms_container_at(params, i));
     if (st == MS_OK) {
-        model = task->init_variables(c->seed, c->dtype);
+        model = initial_params(c, task);
         st = model ? check_params(v, model, path) : ms_last_error(NULL);
     }
     for (int i = 0; st == MS_OK && os && i < ms_container_size(os); i++)
@@ -869,13 +985,22 @@ static bool write_curves(const char *dir, bool accuracy)
 
 /* ----------------------------------------------------------- the loop */
 
-/* Whether the meta-steps run as a compiled plan.  iMAML has no plan.
- * --engine auto compiles unless the tasks of an unbatched step run on
- * several threads (a plan replays on one) or checkpointed MAML is asked for
- * (its memory budget counts live tensors, not a plan's arena). */
+/* MAML or FOMAML as Ivy has them: none of the variants' options. */
+static bool plain(const config *c)
+{
+    return (c->algo == ALGO_MAML || c->algo == ALGO_FOMAML) && !c->adapt_head &&
+           !c->msl_anneal && !c->first_order_until;
+}
+
+/* Whether the meta-steps run as a compiled plan: Ivy's three steps only (the
+ * variants, whose learned rates and step weights change every meta-step,
+ * and iMAML run eagerly).  --engine auto compiles unless the tasks of an
+ * unbatched step run on several threads (a plan replays on one) or
+ * checkpointed MAML is asked for (its memory budget counts live tensors, not
+ * a plan's arena). */
 static bool compiled(const config *c)
 {
-    if (c->algo == ALGO_IMAML)
+    if (!plain(c) && c->algo != ALGO_REPTILE)
         return false;
     return c->engine == ENGINE_COMPILED ||
            (c->engine == ENGINE_AUTO && (c->batched || c->threads <= 1) && !c->checkpoint_given);
@@ -884,11 +1009,22 @@ static bool compiled(const config *c)
 /* One meta step; with a plan slot, compiled (the plan is made on first use,
  * include/metastep/plan.h), else with the step functions. */
 static ms_status meta_step(const config *c, const metastep_task *task, const ms_container *batch,
-                           const ms_container *vars, metastep_plan **plan, metastep_result *r)
+                           const ms_container *vars, long step, metastep_plan **plan,
+                           metastep_result *r)
 {
-    ms_container *v = c->batched ? ms_container_replicate(vars, c->meta_batch) : ms_container_copy(vars);
-    if (!v)
+    ms_container *model = NULL, *rates = NULL;
+    if (learned_rates(c) && variant_split(vars, &model, &rates) != MS_OK)
         return ms_last_error(NULL);
+    if (model)
+        vars = model;
+    ms_container *v = c->batched ? ms_container_replicate(vars, c->meta_batch) : ms_container_copy(vars);
+    double *w = NULL;
+    if (!v || (c->msl_anneal && !(w = malloc(sizeof *w * ((size_t)c->inner_steps + 1))))) {
+        ms_container_release(model);
+        ms_container_release(rates);
+        ms_container_release(v);
+        return v ? ms_record_error(MS_ERR_NOMEM, "out of memory") : ms_last_error(NULL);
+    }
     ms_status st = MS_OK;
     metastep_reptile_options ro = METASTEP_REPTILE_OPTIONS_DEFAULT;
     ro.batched = c->batched;
@@ -913,10 +1049,23 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
                                  c->inner_lr, &io, r);
     } else if (st == MS_OK && c->algo == ALGO_REPTILE) {
         st = metastep_reptile_step(batch, task->inner_cost, v, c->inner_steps, c->inner_lr, &ro, r);
-    } else if (st == MS_OK) {
+    } else if (st == MS_OK && plain(c)) {
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
+    } else if (st == MS_OK) {
+        /* the variants (docs/variants.md) */
+        o.inner_v = c->adapt_head ? c->head_v : NULL;
+        o.inner_learning_rates = rates;
+        o.inner_lr_per_step = c->algo == ALGO_MAMLPP;
+        if (w && metastep_msl_weights(c->inner_steps, step, c->msl_anneal, w))
+            o.step_weights = w;
+        long fo_until = c->algo == ALGO_FOMAML ? step + 1 : c->first_order_until;
+        st = metastep_annealed_maml_step(step, fo_until, batch, task->inner_cost,
+                                         task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
     }
+    free(w);
+    ms_container_release(model);
+    ms_container_release(rates);
     ms_container_release(v);
     return st;
 }
@@ -986,8 +1135,12 @@ static bool write_summary(const config *c, const metastep_task *task, long steps
     fprintf(f, ", \"outer_lr\": ");
     util_json_number(f, c->outer_lr);
     fprintf(f, ", \"outer_optim\": \"%s\", \"k\": %d, \"batched\": %s, \"seed\": %llu, "
-            "\"dtype\": \"%s\"},\n", c->outer_adam ? "adam" : "sgd", c->k,
+            "\"dtype\": \"%s\"", c->outer_adam ? "adam" : "sgd", c->k,
             c->batched ? "true" : "false", (unsigned long long)c->seed, ms_dtype_name(c->dtype));
+    if (c->adapt_head || c->msl_anneal || c->first_order_until)
+        fprintf(f, ", \"adapt\": \"%s\", \"msl_anneal\": %ld, \"first_order_until\": %ld",
+                c->adapt_head ? "head" : "all", c->msl_anneal, c->first_order_until);
+    fprintf(f, "},\n");
     fprintf(f, "  \"steps_done\": %ld,\n  \"interrupted\": %s,\n  \"diverged\": %s,\n",
             steps_done, interrupted_run ? "true" : "false", diverged ? "true" : "false");
     if (diverged) {
@@ -1024,7 +1177,7 @@ enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
     O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_ENGINE, O_CKPT_EVERY,
-    O_LAMBDA, O_CG_STEPS, O_MEM_BUDGET, O_HELP = 'h'
+    O_LAMBDA, O_CG_STEPS, O_MEM_BUDGET, O_ADAPT, O_MSL, O_FO_UNTIL, O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -1046,6 +1199,8 @@ static const struct option train_options[] = {
     {"checkpoint-every", required_argument, NULL, O_CKPT_EVERY},
     {"memory-budget", required_argument, NULL, O_MEM_BUDGET},
     {"lambda", required_argument, NULL, O_LAMBDA}, {"cg-steps", required_argument, NULL, O_CG_STEPS},
+    {"adapt", required_argument, NULL, O_ADAPT}, {"msl-anneal", required_argument, NULL, O_MSL},
+    {"first-order-until", required_argument, NULL, O_FO_UNTIL},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1055,7 +1210,7 @@ typedef struct parsed {
     /* eval */
     const char *params;
     int tasks;
-    bool json, dtype_given;
+    bool json, dtype_given, msl_given;
 } parsed;
 
 static bool dtype_opt(const char *v, ms_dtype *dt)
@@ -1113,6 +1268,14 @@ static bool train_opt(void *user, int id, const char *v)
         return util_double(v, &c->memory_budget) && c->memory_budget > 0 && isfinite(c->memory_budget);
     case O_LAMBDA: return util_double(v, &c->lambda) && c->lambda > 0 && isfinite(c->lambda);
     case O_CG_STEPS: return util_int(v, 1, 100000, &c->cg_steps);
+    case O_ADAPT: {
+        const char *a[] = {"all", "head"};
+        int k = util_choice(v, a, 2);
+        c->adapt_head = k == 1;
+        return k >= 0;
+    }
+    case O_MSL: p->msl_given = true; return util_long(v, 0, 100000000, &c->msl_anneal);
+    case O_FO_UNTIL: return util_long(v, 0, 100000000, &c->first_order_until);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1175,6 +1338,23 @@ static int parse_train(int argc, char **argv, config *c)
     }
     if (c->resume && c->overwrite) {
         fprintf(stderr, "metastep train: --overwrite and --resume cannot be combined\n");
+        return 2;
+    }
+    if (c->algo == ALGO_MAMLPP && !p.msl_given)
+        c->msl_anneal = MAMLPP_MSL_ANNEAL;
+    if (c->algo == ALGO_REPTILE && (c->adapt_head || c->msl_anneal)) {
+        fprintf(stderr, "metastep train: --%s is not an option of reptile\n",
+                c->adapt_head ? "adapt head" : "msl-anneal");
+        return 2;
+    }
+    if (c->first_order_until && (c->algo == ALGO_FOMAML || c->algo == ALGO_REPTILE)) {
+        fprintf(stderr, "metastep train: --first-order-until needs a second-order algorithm "
+                        "(maml, metasgd, mamlpp)\n");
+        return 2;
+    }
+    if (c->algo == ALGO_MAMLPP && c->inner_steps < 1) {
+        fprintf(stderr, "metastep train: --algo mamlpp learns a rate per inner step: give "
+                        "--inner-steps 1 or more\n");
         return 2;
     }
     if (c->resume)
@@ -1267,6 +1447,8 @@ int cmd_train(int argc, char **argv)
         return fail_ms("cannot load the task plugin");
     if ((rc = configure_task("train", task, c.opt_key, c.opt_val, c.nopts)) != 0)
         return rc;
+    if (!setup_head(&c, task))
+        return fail_ms("cannot initialise the variables");
     if ((rc = prepare_out(&c)) != 0)
         return rc;
     metastep_optimizer outer = c.outer_adam ? metastep_adam(0.9, 0.999, 1e-8) : metastep_sgd(0.0, false);
@@ -1280,7 +1462,7 @@ int cmd_train(int argc, char **argv)
             return config_rc ? config_rc : fail_ms("cannot resume");
         }
     } else {
-        vars = task->init_variables(c.seed, c.dtype);
+        vars = initial_params(&c, task);
     }
     if (!vars) {
         metastep_optim_state_release(opt);
@@ -1326,7 +1508,8 @@ int cmd_train(int argc, char **argv)
         uint64_t bseed = c.seed * 1000003ull + (uint64_t)step + 1;
         ms_container *batch = task->sample(c.meta_batch, c.k, bseed, c.dtype);
         metastep_result r = {0};
-        ms_status st = batch ? meta_step(&c, task, batch, vars, compiled(&c) ? &plan : NULL, &r)
+        ms_status st = batch ? meta_step(&c, task, batch, vars, step, compiled(&c) ? &plan : NULL,
+                                         &r)
                              : ms_last_error(NULL);
         ms_container *next = NULL;
         if (st == MS_OK) {
@@ -1372,7 +1555,7 @@ int cmd_train(int argc, char **argv)
         bool eval_now = (step + 1) % c.eval_every == 0 || step + 1 == c.meta_steps;
         metastep_eval ev = eval_blank();
         if (eval_now) {
-            if (task->evaluate(vars, c.eval_tasks, c.k, c.inner_lr, HELDOUT_SEED, c.dtype, &ev) == MS_OK) {
+            if (evaluate_params(&c, task, vars, &ev) == MS_OK) {
                 last_ev = ev;
                 last_ev_step = step + 1;
                 accuracy = accuracy || ev.has_accuracy;
@@ -1432,7 +1615,7 @@ int cmd_train(int argc, char **argv)
         /* the same variables on the same tasks: reuse the last step's evaluation */
         metastep_eval ev = last_ev;
         if (last_ev_step != step &&
-            task->evaluate(vars, c.eval_tasks, c.k, c.inner_lr, HELDOUT_SEED, c.dtype, &ev) != MS_OK)
+            evaluate_params(&c, task, vars, &ev) != MS_OK)
             rc = fail_ms("final evaluation failed");
         if (!write_summary(&c, task, done, seconds, &ev, false, NULL))
             rc = EXIT_UNWRITTEN;
@@ -1499,7 +1682,8 @@ static const struct option eval_options[] = {
     {"inner-lr", required_argument, NULL, O_INNER_LR},
     {"k", required_argument, NULL, O_K}, {"shots", required_argument, NULL, O_K},
     {"tasks", required_argument, NULL, O_TASKS}, {"dtype", required_argument, NULL, O_DTYPE},
-    {"json", no_argument, NULL, O_JSON}, {"help", no_argument, NULL, O_HELP},
+    {"json", no_argument, NULL, O_JSON}, {"adapt", required_argument, NULL, O_ADAPT},
+    {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
 };
 
@@ -1543,7 +1727,21 @@ int cmd_eval(int argc, char **argv)
         dt = file_dt;
     }
     metastep_eval ev = eval_blank();
-    ms_status st = task->evaluate(vars, tasks, k, lr, HELDOUT_SEED, dt, &ev);
+    bool rates = false;
+    for (int i = 0; i < ms_container_size(vars); i++)
+        rates = rates || !strncmp(ms_container_key(vars, i), METASTEP_INNER_LR_PREFIX,
+                                  strlen(METASTEP_INNER_LR_PREFIX));
+    ms_status st;
+    if (rates || c.adapt_head) { /* learned rates, ANIL: docs/variants.md */
+        ms_container *model = NULL, *r = NULL;
+        if (c.adapt_head && variant_split(vars, &model, &r) == MS_OK)
+            variant_head(model, c.head_buf, sizeof c.head_buf, c.head_v);
+        ms_container_release(model);
+        ms_container_release(r);
+        st = eval_variant(task, vars, c.adapt_head ? c.head_v : NULL, lr, tasks, k, dt, &ev);
+    } else {
+        st = task->evaluate(vars, tasks, k, lr, HELDOUT_SEED, dt, &ev);
+    }
     ms_container_release(vars);
     if (st != MS_OK)
         return fail_ms("evaluation failed");

@@ -48,5 +48,39 @@ MS_HIDDEN ms_status ms__maml_checkpointed(const char *fn, const ms_container *ba
                                           const metastep_options *o,
                                           const metastep_optimizer *opt, int num_tasks,
                                           metastep_result *out);
+/* Learned inner learning rates and the multi-step loss (learned_lr.c; the
+ * options are metastep_options.inner_learning_rates, .inner_lr_per_step and
+ * .step_weights; docs/variants.md).  Rate gradients are keyed
+ * METASTEP_INNER_LR_PREFIX + the variable's key chain. */
+/* Whether key is a rate gradient's key ("inner_lr/..."). */
+MS_HIDDEN bool ms__llr_is_rate_key(const char *key);
+/* Check the rates and step weights of o against the variables (with the
+ * task axis when batched), the inner steps and the inner optimizer. */
+MS_HIDDEN ms_status ms__llr_validate(const char *fn, const metastep_options *o,
+                                     const ms_container *variables, int steps,
+                                     const metastep_optimizer *opt, bool batched);
+/* A fresh leaf variable for every rate (second order differentiates them). */
+MS_HIDDEN ms_container *ms__llr_leaves(const ms_container *rates);
+/* vars plus every rate under its "inner_lr/" key. */
+MS_HIDDEN ms_container *ms__llr_join(const ms_container *vars, const ms_container *rates);
+/* For every key of like: rates[key without the prefix] for a rate key, else
+ * vars[key]. */
+MS_HIDDEN ms_container *ms__llr_same_keys(const ms_container *vars, const ms_container *rates,
+                                          const ms_container *like);
+/* Inner step `step`: w - rate_step * g for every variable of w (detached
+ * when stop). */
+MS_HIDDEN ms_container *ms__llr_update(const ms_container *rates, bool per_step, int step,
+                                       const ms_container *w, const ms_container *g, bool stop);
+/* First order: the rates' gradient contribution of a cost whose gradient
+ * with respect to the variables after j inner steps is G (every rate's key
+ * present), the inner gradients of steps 0..j-1 being hist[0..j-1]:
+ * -scale * sum_{i<j} G * hist[i], reduced to each rate's (slice) shape.
+ * Keys "inner_lr/<key>". */
+MS_HIDDEN ms_container *ms__llr_fo_grads(const ms_container *rates, bool per_step,
+                                         const ms_container *G, ms_container *const *hist,
+                                         int j, double scale);
+/* Batched: every variable's gradient summed (or averaged) over the task
+ * axis; the rates' gradients (no task axis) unchanged. */
+MS_HIDDEN ms_container *ms__llr_reduce_tasks(const ms_container *g, bool mean);
 
 #endif

@@ -32,6 +32,10 @@ typedef struct meta_cfg {
      * inner loop ends (the gradient of the mean is the mean of the
      * gradients), so only one task's graph is alive at a time */
     const ms_container *per_task_wrt;
+    /* beyond Ivy (learned_lr.c, docs/variants.md); NULL: Ivy's behaviour */
+    const ms_container *rates; /* the caller's learned inner rates */
+    bool rates_per_step;
+    const double *weights; /* step_weights */
 } meta_cfg;
 
 typedef struct task_out {
@@ -204,17 +208,45 @@ static ms_status keep_contribution(task_out *o, ms_container *g, int *count, boo
     return MS_OK;
 }
 
+static ms_container *same_keys(const ms_container *vars, const ms_container *like);
+
+/* Learned rates, first order: g (a contribution at step `step`, holding the
+ * gradient for every rate's variable) gains the rates' gradients; only the
+ * keys of `keep` (NULL: all) stay of the variables' own. */
+static ms_status add_rate_grads(const meta_cfg *c, const ms_container *rates,
+                                ms_container *const *hist, int step, const ms_container *keep,
+                                ms_container **g)
+{
+    double scale = c->batched && c->num_tasks != 1 ? 1.0 / c->num_tasks : 1.0;
+    ms_container *rg = ms__llr_fo_grads(rates, c->rates_per_step, *g, hist, step, scale);
+    ms_container *own = keep ? same_keys(*g, keep) : NULL;
+    ms_container *all = rg ? ms_container_set_at_key_chains(own ? own : *g, rg) : NULL;
+    ms_container_release(rg);
+    ms_container_release(own);
+    swap_in(g, all);
+    return all ? MS_OK : ms_last_error(NULL);
+}
+
 /* The outer cost at vars; for first order also its gradient with respect to
- * the outer variables, kept when `keep`. */
+ * the outer variables, kept when `keep` (with learned rates, theirs too,
+ * from the inner gradients hist of the steps before; weighted by w with
+ * step weights). */
 static ms_status outer_cost(const meta_cfg *c, metastep_cost_fn fn, const ms_container *batch,
                             const ms_container *vars, bool keep, task_out *o, int *count,
-                            ms_tensor **cost, int step, int task)
+                            ms_tensor **cost, int step, int task, const ms_container *rates,
+                            ms_container *const *hist, double w)
 {
     if (c->order == 2) {
         *cost = fn(batch, vars, c->user);
         return ms__check_cost(c->fn, *cost, c->outer_fn ? "outer" : "inner", step, task);
     }
-    ms_container *sel = ms__select_vars(vars, c->outer_v, c->keep_outer);
+    ms_container *sel = ms__select_vars(vars, c->outer_v, c->keep_outer), *outer_sel = NULL;
+    if (sel && rates && keep && c->outer_v) { /* the rates' variables are differentiated too */
+        ms_container *rv = same_keys(vars, rates);
+        outer_sel = sel;
+        sel = rv ? ms_container_set_at_key_chains(outer_sel, rv) : NULL;
+        ms_container_release(rv);
+    }
     ms_container *ov = sel ? ms__as_variables(sel) : NULL;
     ms_container_release(sel);
     ms_container *full = ov && c->outer_v ? ms_container_set_at_key_chains(vars, ov) : NULL;
@@ -226,19 +258,28 @@ static ms_status outer_cost(const meta_cfg *c, metastep_cost_fn fn, const ms_con
     ms_container *g = NULL;
     if (st == MS_OK)
         st = grads_of(c, *cost, ov, false, &g, "outer", step, task);
+    if (st == MS_OK && keep && rates)
+        st = add_rate_grads(c, rates, hist, step, outer_sel, &g);
+    if (st == MS_OK && keep && c->weights) {
+        swap_in(&g, ms_container_mul_scalar(g, w));
+        st = g ? MS_OK : ms_last_error(NULL);
+    }
     if (st == MS_OK && keep)
-        st = keep_contribution(o, g, count, c->avg);
+        st = keep_contribution(o, g, count, c->avg || c->weights);
     else
         ms_container_release(g);
+    ms_container_release(outer_sel);
     ms_container_release(full);
     ms_container_release(ov);
     return st;
 }
 
-/* One task's inner loop (or the whole batch's, when batched). */
+/* One task's inner loop (or the whole batch's, when batched); rates: the
+ * learned inner rates to use (variables of the graph for second order), or
+ * NULL for the scalar rate. */
 static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
                             const ms_container *outer_batch, const ms_container *variables,
-                            int task, task_out *o)
+                            const ms_container *rates, int task, task_out *o)
 {
     memset(o, 0, sizeof *o);
     const metastep_optimizer *opt = c->opt;
@@ -252,7 +293,14 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
     ms_tensor *total = NULL;
     int count = 0;
     ms_status st = vars ? MS_OK : ms_last_error(NULL);
+    /* learned rates, first order: every step's inner gradient */
+    ms_container **hist = NULL;
+    if (st == MS_OK && rates && c->order == 1 &&
+        !(hist = calloc((size_t)c->steps + 1, sizeof *hist)))
+        st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
     for (int i = 0; st == MS_OK && i < c->steps; i++) {
+        /* with step weights, step i's cost counts only when weighted */
+        const bool msl = c->weights && c->weights[i] != 0;
         ms_scope_push();
         ms_container *sel = ms__select_vars(vars, c->inner_v, c->keep_inner);
         ms_container *iv = sel ? ms__as_variables(sel) : NULL;
@@ -269,19 +317,39 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
             st = grads_of(c, cost, iv, c->order == 2, &g, "inner", i, task);
         if (st == MS_OK) {
             if (inner_is_outer) {
-                if (c->order == 1) /* the update direction is also the contribution */
+                if (c->order == 1 && (rates || c->weights) && (c->avg || msl)) {
+                    ms_container *contrib = ms_container_copy(g);
+                    if (rates)
+                        st = add_rate_grads(c, rates, hist, i, NULL, &contrib);
+                    if (st == MS_OK && c->weights)
+                        swap_in(&contrib, ms_container_mul_scalar(contrib, c->weights[i]));
+                    st = st == MS_OK && contrib ? keep_contribution(o, contrib, &count, true)
+                                                : st != MS_OK ? st : ms_last_error(NULL);
+                    if (st != MS_OK)
+                        ms_container_release(contrib);
+                } else if (c->order == 1 && !c->weights) {
+                    /* the update direction is also the contribution */
                     st = keep_contribution(o, ms_container_copy(g), &count, c->avg);
-            } else if (c->avg) {
+                }
+            } else if (c->avg || msl) {
                 /* Ivy computes this step's outer cost (and, first order, its
                  * gradient) at every step, but uses them only when averaging
                  * across steps: otherwise they are skipped */
-                st = outer_cost(c, ofn, outer_batch, vars, true, o, &count, &cost, i, task);
+                st = outer_cost(c, ofn, outer_batch, vars, true, o, &count, &cost, i, task, rates,
+                                hist, c->weights ? c->weights[i] : 1);
             }
         }
         if (st == MS_OK && c->avg)
             carry(&total, total ? ms_add(total, cost) : cost);
+        if (st == MS_OK && msl) {
+            ms_tensor *wc = ms_mul_scalar(cost, c->weights[i]);
+            carry(&total, total ? ms_add(total, wc) : wc);
+        }
+        if (st == MS_OK && hist && !(hist[i] = ms_container_copy(g)))
+            st = ms_last_error(NULL);
         if (st == MS_OK) {
-            ms_container *upd = opt->step(opt, state, iv, g, c->lr, c->stop);
+            ms_container *upd = rates ? ms__llr_update(rates, c->rates_per_step, i, iv, g, c->stop)
+                                      : opt->step(opt, state, iv, g, c->lr, c->stop);
             next = upd && unique_inner ? ms_container_set_at_key_chains(vars, upd) : upd;
             if (upd && unique_inner)
                 ms_container_release(upd);
@@ -297,12 +365,16 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
     ms_tensor *final = NULL;
     if (st == MS_OK) {
         ms_scope_push();
-        st = outer_cost(c, ofn, outer_batch, vars, true, o, &count, &final, c->steps, task);
+        st = outer_cost(c, ofn, outer_batch, vars, true, o, &count, &final, c->steps, task, rates,
+                        hist, c->weights ? c->weights[c->steps] : 1);
         if (st == MS_OK && c->avg) {
             ms_tensor *sum = total ? ms_add(total, final) : final;
             carry(&o->cost, ms_div_scalar(sum, (double)(c->steps + 1)));
             if (c->order == 1 && count > 1)
                 swap_in(&o->grads, ms_container_div_scalar(o->grads, (double)count));
+        } else if (st == MS_OK && c->weights) {
+            ms_tensor *wf = ms_mul_scalar(final, c->weights[c->steps]);
+            carry(&o->cost, total ? ms_add(total, wf) : wf);
         } else if (st == MS_OK) {
             carry(&o->cost, final);
         }
@@ -315,6 +387,9 @@ static ms_status train_task(const meta_cfg *c, const ms_container *inner_batch,
         ms_scope_pop();
     }
     ms_release(total);
+    for (int i = 0; hist && i <= c->steps; i++)
+        ms_container_release(hist[i]);
+    free(hist);
     if (opt->state_free)
         opt->state_free(state);
     o->vars = vars;
@@ -367,6 +442,7 @@ typedef struct unbatched {
     const meta_cfg *c;
     ms_container **subs;
     const ms_container *variables;
+    const ms_container *rates; /* learned inner rates, or NULL */
     metastep_batch_fn inner_bfn, outer_bfn;
     metastep_return_inner ret;
     /* parallel runs */
@@ -424,21 +500,25 @@ static ms_status run_task(const unbatched *u, int t, task_out *o)
     const meta_cfg *c = u->c;
     memset(o, 0, sizeof *o);
     ms_scope_push();
-    const ms_container *vars = u->variables, *wrt = c->per_task_wrt;
-    ms_container *priv = NULL, *priv_wrt = NULL;
+    const ms_container *vars = u->variables, *wrt = c->per_task_wrt, *rates = u->rates;
+    ms_container *priv = NULL, *priv_wrt = NULL, *priv_rates = NULL;
     ms_status st = MS_OK;
     if (u->private_vars) {
         priv = stand_ins(u->variables);
-        priv_wrt = priv && wrt ? same_keys(priv, wrt) : NULL;
+        if (rates && !(priv_rates = stand_ins(rates)))
+            st = ms_last_error(NULL);
+        priv_wrt = priv && wrt ? (rates ? ms__llr_same_keys(priv, priv_rates, wrt)
+                                        : same_keys(priv, wrt)) : NULL;
         if (!priv || (wrt && !priv_wrt))
             st = ms_last_error(NULL) != MS_OK ? ms_last_error(NULL) : MS_ERR_INTERNAL;
         vars = priv;
         wrt = wrt ? priv_wrt : NULL;
+        rates = rates ? priv_rates : NULL;
     }
     ms_container *ib = st == MS_OK ? ms__apply_batch_fn(u->inner_bfn, u->subs[t], c->user, c->fn) : NULL;
     ms_container *ob = ib ? ms__apply_batch_fn(u->outer_bfn, u->subs[t], c->user, c->fn) : NULL;
     if (st == MS_OK)
-        st = ob ? train_task(c, ib, ob, vars, t, o) : ms_last_error(NULL);
+        st = ob ? train_task(c, ib, ob, vars, rates, t, o) : ms_last_error(NULL);
     if (st == MS_OK && wrt) {
         swap_in(&o->grads, NULL);
         st = ms_grad(o->cost, wrt, false, &o->grads);
@@ -454,6 +534,7 @@ static ms_status run_task(const unbatched *u, int t, task_out *o)
     ms_container_release(ib);
     ms_container_release(ob);
     ms_container_release(priv_wrt);
+    ms_container_release(priv_rates);
     ms_container_release(priv);
     ms_scope_pop();
     return st;
@@ -578,7 +659,8 @@ static ms_status run_unbatched(unbatched *u, ms_tensor **cost, ms_container **gr
 /* Every task: cost, first-order gradient and adapted variables, combined as
  * Ivy's _train_tasks does. */
 static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
-                             const ms_container *variables, metastep_batch_fn inner_bfn,
+                             const ms_container *variables, const ms_container *rates,
+                             metastep_batch_fn inner_bfn,
                              metastep_batch_fn outer_bfn, metastep_return_inner ret,
                              ms_tensor **cost, ms_container **grads, ms_container **inner_v)
 {
@@ -589,14 +671,14 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
         ms_container *ib = ms__apply_batch_fn(inner_bfn, batch, c->user, c->fn);
         ms_container *ob = ib ? ms__apply_batch_fn(outer_bfn, batch, c->user, c->fn) : NULL;
         task_out o;
-        ms_status st = ob ? train_task(c, ib, ob, variables, 0, &o) : ms_last_error(NULL);
+        ms_status st = ob ? train_task(c, ib, ob, variables, rates, 0, &o) : ms_last_error(NULL);
         ms_container_release(ib);
         ms_container_release(ob);
         if (st != MS_OK)
             return st;
         *cost = ms_retain(o.cost);
         if (c->order == 1) {
-            *grads = ms_container_mean(o.grads, 0);
+            *grads = rates ? ms__llr_reduce_tasks(o.grads, true) : ms_container_mean(o.grads, 0);
             if (!*grads)
                 st = ms_last_error(NULL);
         }
@@ -607,7 +689,8 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
     int n = 0;
     ms_container **subs = NULL;
     ms_status st = ms_container_unstack(batch, true, &n, &subs);
-    unbatched u = {.c = c, .subs = subs, .variables = variables, .inner_bfn = inner_bfn,
+    unbatched u = {.c = c, .subs = subs, .variables = variables, .rates = rates,
+                   .inner_bfn = inner_bfn,
                    .outer_bfn = outer_bfn, .ret = ret};
     if (st == MS_OK)
         st = run_unbatched(&u, cost, grads, inner_v);
@@ -706,12 +789,14 @@ static ms_status first_order(meta_cfg *c, const ms_container *batch,
                              metastep_result *out)
 {
     ms_status st = validate(c, batch, variables, out);
+    if (st == MS_OK)
+        st = ms__llr_validate(c->fn, o, variables, c->steps, c->opt, c->batched);
     if (st != MS_OK)
         return st;
     ms_scope_push();
     ms_tensor *cost;
     ms_container *grads, *inner_v;
-    st = train_tasks(c, batch, variables, o->inner_batch_fn, o->outer_batch_fn,
+    st = train_tasks(c, batch, variables, c->rates, o->inner_batch_fn, o->outer_batch_fn,
                      o->return_inner_v, &cost, &grads, &inner_v);
     st = finish(c, st, cost, grads, inner_v, out);
     ms_scope_pop();
@@ -727,7 +812,8 @@ static meta_cfg make_cfg(const char *fn, metastep_cost_fn inner, metastep_cost_f
                       .outer_v = o->outer_v, .keep_inner = o->keep_inner_v,
                       .keep_outer = o->keep_outer_v, .batched = o->batched,
                       .num_tasks = o->num_tasks, .stop = o->stop_gradients, .user = o->user,
-                      .threads = o->threads};
+                      .threads = o->threads, .rates = o->inner_learning_rates,
+                      .rates_per_step = o->inner_lr_per_step, .weights = o->step_weights};
 }
 
 ms_status metastep_fomaml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
@@ -785,8 +871,18 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     meta_cfg c = make_cfg("metastep_maml_step", inner_cost_fn, outer_cost_fn, inner_grad_steps,
                           inner_learning_rate, &o, 2);
     ms_status st = validate(&c, batch, variables, out);
+    if (st == MS_OK)
+        st = ms__llr_validate(c.fn, &o, variables, c.steps, c.opt, c.batched);
     if (st != MS_OK)
         return st;
+    if ((o.checkpoint_every != 0 || o.checkpoint_budget_mib != 0) &&
+        (o.inner_learning_rates || o.step_weights)) {
+        memset(out, 0, sizeof *out);
+        return ms__fail(MS_ERR_INVALID_ARG,
+                        "%s: checkpointing (checkpoint_every, checkpoint_budget_mib) does not "
+                        "support learned inner learning rates or step weights",
+                        c.fn);
+    }
     if (o.checkpoint_every != 0 || o.checkpoint_budget_mib != 0) /* checkpointed.c */
         return ms__maml_checkpointed(c.fn, batch, inner_cost_fn, outer_cost_fn, variables,
                                      inner_grad_steps, inner_learning_rate, &o, c.opt,
@@ -804,28 +900,37 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
                                                   : NULL;
     if (st == MS_OK && c.outer_v && !vars)
         st = ms_last_error(NULL);
+    /* learned rates: leaves of the graph, differentiated with the variables */
+    ms_container *rates = NULL, *wrt = NULL;
+    if (st == MS_OK && c.rates) {
+        rates = ms__llr_leaves(c.rates);
+        wrt = rates ? ms__llr_join(ov, rates) : NULL;
+        st = wrt ? MS_OK : ms_last_error(NULL);
+    }
     ms_tensor *cost = NULL;
     ms_container *grads = NULL, *inner_v = NULL;
     /* The returned cost keeps its graph when stop_gradients is off, so only
      * then is the whole procedure differentiated at once. */
     if (!c.batched && stop)
-        c.per_task_wrt = ov;
+        c.per_task_wrt = wrt ? wrt : ov;
     if (st == MS_OK)
-        st = train_tasks(&c, batch, vars ? vars : ov, o.inner_batch_fn, o.outer_batch_fn,
+        st = train_tasks(&c, batch, vars ? vars : ov, rates, o.inner_batch_fn, o.outer_batch_fn,
                          o.return_inner_v, &cost, &grads, &inner_v);
     if (st == MS_OK && !c.per_task_wrt) {
-        st = ms_grad(cost, ov, false, &grads);
+        st = ms_grad(cost, wrt ? wrt : ov, false, &grads);
         if (st == MS_OK)
             st = ms__check_grads(c.fn, grads, "outer", c.steps, c.batched ? 0 : -1);
     }
     if (st == MS_OK && c.batched) {
-        swap_in(&grads, ms_container_sum(grads, 0));
+        swap_in(&grads, rates ? ms__llr_reduce_tasks(grads, false) : ms_container_sum(grads, 0));
         st = grads ? MS_OK : ms_last_error(NULL);
     }
     c.stop = stop;
     if (st == MS_OK && inner_v && stop)
         swap_in(&inner_v, ms_container_stop_gradient(inner_v));
     st = finish(&c, st, cost, grads, inner_v, out);
+    ms_container_release(wrt);
+    ms_container_release(rates);
     ms_container_release(vars);
     ms_container_release(ov);
     ms_container_release(sel);

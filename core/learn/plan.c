@@ -96,6 +96,12 @@ static ms_status make(const char *fn, plan_algo algo, metastep_cost_fn inner,
                         "%s: stop_gradients is off, so the cost would keep its graph, which a "
                         "replay does not build; use the eager step",
                         fn);
+    if (algo != PLAN_REPTILE && (o->inner_learning_rates || o->step_weights))
+        return ms__fail(MS_ERR_INVALID_ARG,
+                        "%s: learned inner learning rates and step weights change from one "
+                        "meta-step to the next, and a trace would keep their first values; use "
+                        "the eager step",
+                        fn);
     metastep_plan *p = calloc(1, sizeof *p);
     if (!p)
         return ms__fail(MS_ERR_NOMEM, "%s: out of memory", fn);

@@ -94,6 +94,41 @@ typedef struct metastep_options {
      * MS_ERR_INVALID_ARG naming the least budget that would.  0: no budget.
      * Negative or NaN: MS_ERR_INVALID_ARG. */
     double checkpoint_budget_mib;                      /* 0 */
+    /* ---- Beyond Ivy (docs/variants.md); the defaults keep Ivy's behaviour
+     * bit for bit.  metastep_maml_step and metastep_fomaml_step only. ---- */
+    /* Learned inner learning rates (Meta-SGD, MAML++ LSLR): NULL, the scalar
+     * inner_learning_rate.  Otherwise one tensor per inner variable, keyed by
+     * the variable's key chain (exactly the variables inner_v selects), of
+     * the variables' dtype; inner_learning_rate is then ignored.  Without
+     * inner_lr_per_step each tensor broadcasts against its variable (the
+     * variable's own shape, without the task axis when batched: Meta-SGD; or
+     * 0-d: one learned rate per variable) and is used at every inner step.
+     * With inner_lr_per_step each tensor has a leading axis of length
+     * inner_grad_steps, and its slice i (the rest of its shape, broadcasting
+     * against the variable) is step i's rate: shape [inner_grad_steps] is
+     * MAML++'s LSLR.  The update is w - rate * dcdw with plain gradient
+     * descent (another inner_optimization_step is refused).  The rates are
+     * differentiated too: result.grads holds their gradients under
+     * "inner_lr/<key chain>" (METASTEP_INNER_LR_PREFIX), the rates' shapes,
+     * alongside the variables' own.  Second order: the exact derivative of
+     * the cost; first order: its derivative with every inner gradient held
+     * constant (-sum_i dcost/dw_S * dcdw_i, reduced to the rate's shape).
+     * MS_ERR_KEY (a rate naming no inner variable, an inner variable without
+     * one, a variable under "inner_lr/"), MS_ERR_SHAPE, MS_ERR_DTYPE,
+     * MS_ERR_NUMERIC (a non-finite rate), MS_ERR_INVALID_ARG (another inner
+     * optimizer).  Borrowed for the call. */
+    const ms_container *inner_learning_rates;           /* NULL */
+    bool inner_lr_per_step;                             /* false */
+    /* Multi-step loss (MAML++ MSL): NULL, Ivy's behaviour (the final cost, or
+     * average_across_steps).  Otherwise inner_grad_steps + 1 finite weights:
+     * the cost is sum_i step_weights[i] * cost_i, cost_i being the step cost
+     * after i inner updates as average_across_steps defines it (i = 0: the
+     * unadapted variables; i = inner_grad_steps: the final cost), and the
+     * first-order gradient the same weighted sum of contributions.  Uniform
+     * weights 1/(steps + 1) are average_across_steps (which stays exactly as
+     * Ivy defines it, and cannot be combined with step_weights).  A step
+     * whose weight is 0 (other than the last) is not evaluated. */
+    const double *step_weights;                         /* NULL */
 } metastep_options;
 
 #define METASTEP_OPTIONS_DEFAULT                                                            \
@@ -102,8 +137,10 @@ typedef struct metastep_options {
                         .batched = true, .inner_v = NULL, .keep_inner_v = true,            \
                         .outer_v = NULL, .keep_outer_v = true,                             \
                         .return_inner_v = METASTEP_RETURN_INNER_NONE, .num_tasks = 0,      \
-                        .stop_gradients = true, .user = NULL, .threads = 0,          \
-                        .checkpoint_every = 0, .checkpoint_budget_mib = 0})
+                        .stop_gradients = true, .user = NULL, .threads = 0,                \
+                        .checkpoint_every = 0, .checkpoint_budget_mib = 0,                 \
+                        .inner_learning_rates = NULL, .inner_lr_per_step = false,          \
+                        .step_weights = NULL})
 
 /* Only what Ivy's reptile_step takes. */
 typedef struct metastep_reptile_options {

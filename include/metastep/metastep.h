@@ -12,6 +12,7 @@
 #include "metastep/meta.h"
 #include "metastep/plan.h"
 #include "metastep/imaml.h"
+#include "metastep/variants.h"
 #include "metastep/task.h"
 
 #endif

@@ -48,8 +48,10 @@ typedef struct metastep_plan metastep_plan;
  * On success *out is a new plan the caller frees with metastep_plan_free.
  * Errors: MS_ERR_NULL_ARG (inner_cost_fn / cost_fn, out); MS_ERR_INVALID_ARG
  * (stop_gradients off: the cost would keep a graph, which a replay does not
- * build; negative inner_grad_steps; a non-finite learning rate, or 0 for
- * Reptile); MS_ERR_NOMEM.  Everything else is checked by the first run, as
+ * build; inner_learning_rates or step_weights set: they change every
+ * meta-step and a trace would keep their first values; negative
+ * inner_grad_steps; a non-finite learning rate, or 0 for Reptile);
+ * MS_ERR_NOMEM.  Everything else is checked by the first run, as
  * the step function checks it. */
 ms_status metastep_plan_maml(metastep_cost_fn inner_cost_fn, metastep_cost_fn outer_cost_fn,
                              int inner_grad_steps, double inner_learning_rate,
