@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "tanh_net.h"
 #include "testutil.h"
 
 static void put(ms_container *c, const char *key, ms_tensor *t)
@@ -288,23 +289,15 @@ static ms_container *sine_vars(void)
     return v;
 }
 
-static ms_tensor *mlp_cost(const ms_container *b, const ms_container *v, const char *x,
-                           const char *y)
-{
-    ms_tensor *h = ms_tanh(ms_add(ms_matmul(ms_container_get(b, x), ms_container_get(v, SK[0])),
-                                  ms_container_get(v, SK[1])));
-    ms_tensor *pred = ms_add(ms_matmul(h, ms_container_get(v, SK[2])), ms_container_get(v, SK[3]));
-    return ms_mean(ms_square(ms_sub(pred, ms_container_get(b, y))), 0, NULL, false);
-}
 static ms_tensor *sine_inner(const ms_container *b, const ms_container *v, void *u)
 {
     (void)u;
-    return mlp_cost(b, v, "xs", "ys");
+    return tanh_net_cost(b, v, SK, "xs", "ys");
 }
 static ms_tensor *sine_outer(const ms_container *b, const ms_container *v, void *u)
 {
     (void)u;
-    return mlp_cost(b, v, "xq", "yq");
+    return tanh_net_cost(b, v, SK, "xq", "yq");
 }
 
 static double sine_cost(const ms_container *b, const ms_container *v, int steps,

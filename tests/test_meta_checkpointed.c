@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "tanh_net.h"
 #include "testutil.h"
 
 static ms_tensor *vec(int ndim, const int64_t *shape, const double *v)
@@ -112,24 +113,6 @@ static ms_container *model_vars(bool batched, int tasks)
     return r;
 }
 
-static ms_tensor *net_cost(const ms_container *b, const ms_container *v, const char *x,
-                           const char *y)
-{
-    ms_tensor *h = ms_tanh(ms_add(ms_matmul(ms_container_get(b, x), ms_container_get(v, KEYS[0])),
-                                  ms_container_get(v, KEYS[1])));
-    ms_tensor *pred = ms_add(ms_matmul(h, ms_container_get(v, KEYS[2])), ms_container_get(v, KEYS[3]));
-    return ms_mean(ms_square(ms_sub(pred, ms_container_get(b, y))), 0, NULL, false);
-}
-static ms_tensor *support_cost(const ms_container *b, const ms_container *v, void *u)
-{
-    (void)u;
-    return net_cost(b, v, "xs", "ys");
-}
-static ms_tensor *query_cost(const ms_container *b, const ms_container *v, void *u)
-{
-    (void)u;
-    return net_cost(b, v, "xq", "yq");
-}
 
 static ms_container *map_batch(const ms_container *b, char which, double scale, double shift)
 {
@@ -252,11 +235,11 @@ static void run_pair(const setting *s, metastep_result *plain, metastep_result *
     ms_container *b = model_batch(T, P), *v = model_vars(s->o.batched, T);
     metastep_options o = s->o;
     o.inner_optimization_step = &s->opt;
-    metastep_cost_fn ofn = s->outer_fn ? query_cost : NULL;
+    metastep_cost_fn ofn = s->outer_fn ? tanh_query_cost : NULL;
     o.checkpoint_every = 0;
-    assert_ok(metastep_maml_step(b, support_cost, ofn, v, s->steps, s->lr, &o, plain));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, ofn, v, s->steps, s->lr, &o, plain));
     o.checkpoint_every = s->o.checkpoint_every;
-    assert_ok(metastep_maml_step(b, support_cost, ofn, v, s->steps, s->lr, &o, ck));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, ofn, v, s->steps, s->lr, &o, ck));
     ms_container_release(b);
     ms_container_release(v);
 }
@@ -326,7 +309,7 @@ static double cost_at(const setting *s, const ms_container *b, const ms_containe
     metastep_options o = s->o;
     o.inner_optimization_step = &s->opt;
     metastep_result r;
-    assert_ok(metastep_maml_step(b, support_cost, s->outer_fn ? query_cost : NULL, v, s->steps,
+    assert_ok(metastep_maml_step(b, tanh_support_cost, s->outer_fn ? tanh_query_cost : NULL, v, s->steps,
                                  s->lr, &o, &r));
     double c = ms_tensor_item(r.cost);
     metastep_result_release(&r);
@@ -350,7 +333,7 @@ static void fd_check(setting s)
     metastep_options o = s.o;
     o.inner_optimization_step = &s.opt;
     metastep_result r;
-    assert_ok(metastep_maml_step(b, support_cost, s.outer_fn ? query_cost : NULL, v, s.steps,
+    assert_ok(metastep_maml_step(b, tanh_support_cost, s.outer_fn ? tanh_query_cost : NULL, v, s.steps,
                                  s.lr, &o, &r));
     /* a direction on the outer variables only (the others: 0) */
     ms_container *d = ms_container_new();
@@ -428,7 +411,7 @@ static int64_t peak_of(int steps, int every, bool batched)
     metastep_result r;
     int64_t base = ms_live_tensor_bytes();
     ms_reset_peak_tensor_bytes();
-    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, steps, 0.05, &o, &r));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, steps, 0.05, &o, &r));
     int64_t peak = ms_peak_tensor_bytes() - base;
     metastep_result_release(&r);
     ms_container_release(b);
@@ -474,7 +457,7 @@ static int64_t peak_budget(int steps, double mib, metastep_result *r)
     o.checkpoint_budget_mib = mib;
     int64_t base = ms_live_tensor_bytes();
     ms_reset_peak_tensor_bytes();
-    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, steps, 0.05, &o, r));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, steps, 0.05, &o, r));
     int64_t peak = ms_peak_tensor_bytes() - base;
     ms_container_release(b);
     ms_container_release(v);
@@ -494,7 +477,7 @@ START_TEST(memory_budget)
     ms_container *b = model_batch(2, 64), *v = model_vars(false, 2);
     metastep_options o = METASTEP_OPTIONS_DEFAULT;
     o.batched = false;
-    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, 64, 0.05, &o, &un));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, 64, 0.05, &o, &un));
     const double budgets[3] = {4.0, 10.0, 30.0};
     for (int i = 0; i < 3; i++) {
         int64_t p = peak_budget(64, budgets[i], &r);
@@ -511,13 +494,13 @@ START_TEST(memory_budget)
     metastep_result_release(&r);
     /* too small */
     o.checkpoint_budget_mib = 0.01;
-    ck_assert_int_eq(metastep_maml_step(b, support_cost, query_cost, v, 64, 0.05, &o, &r),
+    ck_assert_int_eq(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, 64, 0.05, &o, &r),
                      MS_ERR_INVALID_ARG);
     const char *msg = NULL;
     ms_last_error(&msg);
     ck_assert_ptr_nonnull(strstr(msg, "least budget"));
     o.checkpoint_budget_mib = NAN;
-    ck_assert_int_eq(metastep_maml_step(b, support_cost, query_cost, v, 64, 0.05, &o, &r),
+    ck_assert_int_eq(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, 64, 0.05, &o, &r),
                      MS_ERR_INVALID_ARG);
     ms_clear_error();
     metastep_result_release(&un);
@@ -561,7 +544,7 @@ START_TEST(refusals)
     o.inner_optimization_step = &u;
     o.checkpoint_every = 2;
     metastep_result r;
-    ck_assert_int_eq(metastep_maml_step(b, support_cost, NULL, v, 4, 0.1, &o, &r),
+    ck_assert_int_eq(metastep_maml_step(b, tanh_support_cost, NULL, v, 4, 0.1, &o, &r),
                      MS_ERR_INVALID_ARG);
     const char *msg = NULL;
     ms_last_error(&msg);
@@ -569,7 +552,7 @@ START_TEST(refusals)
     ck_assert_ptr_null(r.cost);
     o.inner_optimization_step = NULL;
     o.checkpoint_every = -2;
-    ck_assert_int_eq(metastep_maml_step(b, support_cost, NULL, v, 4, 0.1, &o, &r),
+    ck_assert_int_eq(metastep_maml_step(b, tanh_support_cost, NULL, v, 4, 0.1, &o, &r),
                      MS_ERR_INVALID_ARG);
     /* a stateless user optimizer is fine */
     ms_clear_error();
@@ -577,18 +560,18 @@ START_TEST(refusals)
     o.inner_optimization_step = &half;
     metastep_result p, c;
     o.checkpoint_every = 0;
-    assert_ok(metastep_maml_step(b, support_cost, NULL, v, 5, 0.1, &o, &p));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, NULL, v, 5, 0.1, &o, &p));
     o.checkpoint_every = 2;
-    assert_ok(metastep_maml_step(b, support_cost, NULL, v, 5, 0.1, &o, &c));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, NULL, v, 5, 0.1, &o, &c));
     ck_assert(max_rel(c.grads, p.grads) < 1e-12);
     metastep_result_release(&p);
     metastep_result_release(&c);
     /* no inner steps: one segment, the outer cost only */
     o.inner_optimization_step = NULL;
     o.checkpoint_every = 0;
-    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, 0, 0.1, &o, &p));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, 0, 0.1, &o, &p));
     o.checkpoint_every = -1;
-    assert_ok(metastep_maml_step(b, support_cost, query_cost, v, 0, 0.1, &o, &c));
+    assert_ok(metastep_maml_step(b, tanh_support_cost, tanh_query_cost, v, 0, 0.1, &o, &c));
     ck_assert(bit_equal(c.grads, p.grads));
     metastep_result_release(&p);
     metastep_result_release(&c);

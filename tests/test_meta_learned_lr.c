@@ -49,6 +49,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "tanh_net.h"
 #include "testutil.h"
 
 static ms_tensor *vec(int ndim, const int64_t *shape, const double *v)
@@ -129,24 +130,6 @@ static ms_container *model_vars(const double *theta, bool batched)
     return r;
 }
 
-static ms_tensor *net_cost(const ms_container *b, const ms_container *v, const char *x,
-                           const char *y)
-{
-    ms_tensor *h = ms_tanh(ms_add(ms_matmul(ms_container_get(b, x), ms_container_get(v, KEYS[0])),
-                                  ms_container_get(v, KEYS[1])));
-    ms_tensor *pred = ms_add(ms_matmul(h, ms_container_get(v, KEYS[2])), ms_container_get(v, KEYS[3]));
-    return ms_mean(ms_square(ms_sub(pred, ms_container_get(b, y))), 0, NULL, false);
-}
-static ms_tensor *support_cost(const ms_container *b, const ms_container *v, void *u)
-{
-    (void)u;
-    return net_cost(b, v, "xs", "ys");
-}
-static ms_tensor *query_cost(const ms_container *b, const ms_container *v, void *u)
-{
-    (void)u;
-    return net_cost(b, v, "xq", "yq");
-}
 
 /* Cost of th on P points and its gradient in g (if non-NULL), by hand. */
 static double net_by_hand(const double *th, const double (*x)[DIN], const double *y, double *g)
@@ -299,7 +282,7 @@ static double cost_at(const cfg *c, bool second, const ms_container *batch, cons
     metastep_options o = options_of(c, rc, w);
     metastep_result res;
     assert_ok((second ? metastep_maml_step : metastep_fomaml_step)(
-        batch, support_cost, c->outer_fn ? query_cost : NULL, v, c->steps, 0.1, &o, &res));
+        batch, tanh_support_cost, c->outer_fn ? tanh_query_cost : NULL, v, c->steps, 0.1, &o, &res));
     double cost = ms_tensor_item(res.cost);
     metastep_result_release(&res);
     ms_container_release(rc);
@@ -347,7 +330,7 @@ static void check_maml(const cfg *c, const ms_container *batch)
     double w[MAXS + 1];
     metastep_options o = options_of(c, rc, w);
     metastep_result res;
-    assert_ok(metastep_maml_step(batch, support_cost, c->outer_fn ? query_cost : NULL, v,
+    assert_ok(metastep_maml_step(batch, tanh_support_cost, c->outer_fn ? tanh_query_cost : NULL, v,
                                  c->steps, 0.1, &o, &res));
     check_keys(c, res.grads, what);
     /* the forward procedure is the first-order one, by hand */
@@ -487,7 +470,7 @@ static void check_fomaml(const cfg *c, const ms_container *batch)
     double w[MAXS + 1];
     metastep_options o = options_of(c, rc, w);
     metastep_result res;
-    assert_ok(metastep_fomaml_step(batch, support_cost, c->outer_fn ? query_cost : NULL, v,
+    assert_ok(metastep_fomaml_step(batch, tanh_support_cost, c->outer_fn ? tanh_query_cost : NULL, v,
                                    c->steps, 0.1, &o, &res));
     check_keys(c, res.grads, what);
     /* by hand: the mean over the tasks */
@@ -587,8 +570,8 @@ START_TEST(ivy_path_unchanged)
                                   const ms_container *, int, double, const metastep_options *,
                                   metastep_result *) =
                     algo ? metastep_maml_step : metastep_fomaml_step;
-                assert_ok(step(batch, support_cost, query_cost, v, 2, 0.1, &a, &ra));
-                assert_ok(step(batch, support_cost, query_cost, v, 2, 0.1, &b, &rb));
+                assert_ok(step(batch, tanh_support_cost, tanh_query_cost, v, 2, 0.1, &a, &ra));
+                assert_ok(step(batch, tanh_support_cost, tanh_query_cost, v, 2, 0.1, &b, &rb));
                 ck_assert(bit_identical(&ra, &rb));
                 metastep_result_release(&ra);
                 metastep_result_release(&rb);
@@ -632,8 +615,8 @@ START_TEST(scalar_rates_and_uniform_weights)
                 a.batched = b.batched = batched;
                 b.inner_learning_rates = rc;
                 metastep_result ra, rb;
-                assert_ok(step(batch, support_cost, query_cost, v, steps, 0.1, &a, &ra));
-                assert_ok(step(batch, support_cost, query_cost, v, steps, 0.1, &b, &rb));
+                assert_ok(step(batch, tanh_support_cost, tanh_query_cost, v, steps, 0.1, &a, &ra));
+                assert_ok(step(batch, tanh_support_cost, tanh_query_cost, v, steps, 0.1, &b, &rb));
                 ck_assert(close_results(&ra, &rb, 1e-12));
                 ck_assert_int_eq(ms_container_size(rb.grads), 2 * NV);
                 metastep_result_release(&ra);
@@ -645,8 +628,8 @@ START_TEST(scalar_rates_and_uniform_weights)
                 metastep_options c = a, d = a;
                 c.average_across_steps = true;
                 d.step_weights = w;
-                assert_ok(step(batch, support_cost, query_cost, v, steps, 0.1, &c, &ra));
-                assert_ok(step(batch, support_cost, query_cost, v, steps, 0.1, &d, &rb));
+                assert_ok(step(batch, tanh_support_cost, tanh_query_cost, v, steps, 0.1, &c, &ra));
+                assert_ok(step(batch, tanh_support_cost, tanh_query_cost, v, steps, 0.1, &d, &rb));
                 ck_assert(close_results(&ra, &rb, 1e-12));
                 metastep_result_release(&ra);
                 metastep_result_release(&rb);
@@ -674,7 +657,7 @@ START_TEST(threads_bit_identical)
                 c.threads = n ? 3 : 1;
                 metastep_options o = options_of(&c, rc, w);
                 assert_ok((algo ? metastep_maml_step : metastep_fomaml_step)(
-                    batch, support_cost, query_cost, v, c.steps, 0.1, &o, &res[n]));
+                    batch, tanh_support_cost, tanh_query_cost, v, c.steps, 0.1, &o, &res[n]));
             }
             ck_assert(bit_identical(&res[0], &res[1]));
             metastep_result_release(&res[0]);
@@ -850,12 +833,12 @@ static ms_status try_step(const ms_container *rc, bool per_step, int steps,
     o.step_weights = w;
     o.average_across_steps = avg;
     metastep_result r;
-    ms_status st = metastep_maml_step(batch, support_cost, query_cost, v, steps, 0.1, &o, &r);
+    ms_status st = metastep_maml_step(batch, tanh_support_cost, tanh_query_cost, v, steps, 0.1, &o, &r);
     if (st == MS_OK)
         metastep_result_release(&r);
     else
         ck_assert_ptr_null(r.grads);
-    ms_status st2 = metastep_fomaml_step(batch, support_cost, query_cost, v, steps, 0.1, &o, &r);
+    ms_status st2 = metastep_fomaml_step(batch, tanh_support_cost, tanh_query_cost, v, steps, 0.1, &o, &r);
     ck_assert_int_eq(st, st2);
     if (st2 == MS_OK)
         metastep_result_release(&r);

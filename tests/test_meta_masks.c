@@ -53,6 +53,7 @@
 #include <string.h>
 
 #include "metastep/metastep.h"
+#include "tanh_net.h"
 #include "testutil.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -140,24 +141,6 @@ static ms_container *model_vars(const double *theta, bool batched)
 /* mean((tanh(x @ W0 + b0) @ Wh + bh - y)^2): works on a task's sub-batch
  * (1,P,·) with plain variables and on the batch (T,P,·) with per-task
  * copies (T,·,·) alike. */
-static ms_tensor *net_cost(const ms_container *b, const ms_container *v, const char *x,
-                           const char *y)
-{
-    ms_tensor *h = ms_tanh(ms_add(ms_matmul(ms_container_get(b, x), ms_container_get(v, KEYS[0])),
-                                  ms_container_get(v, KEYS[1])));
-    ms_tensor *pred = ms_add(ms_matmul(h, ms_container_get(v, KEYS[2])), ms_container_get(v, KEYS[3]));
-    return ms_mean(ms_square(ms_sub(pred, ms_container_get(b, y))), 0, NULL, false);
-}
-static ms_tensor *support_cost(const ms_container *b, const ms_container *v, void *u)
-{
-    (void)u;
-    return net_cost(b, v, "xs", "ys");
-}
-static ms_tensor *query_cost(const ms_container *b, const ms_container *v, void *u)
-{
-    (void)u;
-    return net_cost(b, v, "xq", "yq");
-}
 
 /* The batch functions: the inner one scales every input by 1.5, the outer
  * one shifts every target by -0.25.  They count their calls. */
@@ -413,7 +396,7 @@ static double maml_cost_at(const mcfg *c, const ms_container *batch, const doubl
     calls n = {0, 0};
     metastep_options o = options_of(c, &n);
     metastep_result r;
-    assert_ok(metastep_maml_step(batch, support_cost, c->outer_fn ? query_cost : NULL, v,
+    assert_ok(metastep_maml_step(batch, tanh_support_cost, c->outer_fn ? tanh_query_cost : NULL, v,
                                  c->steps, LR, &o, &r));
     double cost = ms_tensor_item(r.cost);
     metastep_result_release(&r);
@@ -437,7 +420,7 @@ static void check_maml(const mcfg *c, const ms_container *batch)
     calls n = {0, 0};
     metastep_options o = options_of(c, &n);
     metastep_result r;
-    assert_ok(metastep_maml_step(batch, support_cost, c->outer_fn ? query_cost : NULL, v, c->steps,
+    assert_ok(metastep_maml_step(batch, tanh_support_cost, c->outer_fn ? tanh_query_cost : NULL, v, c->steps,
                                  LR, &o, &r));
     check_batch_fn_calls(c, &n, what);
     /* the forward procedure is the first-order one */
@@ -532,7 +515,7 @@ static void check_fomaml(const mcfg *c, const ms_container *batch, metastep_retu
     metastep_options o = options_of(c, &n);
     o.return_inner_v = ret;
     metastep_result r;
-    assert_ok(metastep_fomaml_step(batch, support_cost, c->outer_fn ? query_cost : NULL, v,
+    assert_ok(metastep_fomaml_step(batch, tanh_support_cost, c->outer_fn ? tanh_query_cost : NULL, v,
                                    c->steps, LR, &o, &r));
     check_batch_fn_calls(c, &n, what);
     double want_g[NP], adapted[T][NP];
@@ -621,7 +604,7 @@ START_TEST(reptile_by_hand)
         o.stop_gradients = c.stop;
         o.return_inner_v = ret;
         metastep_result r;
-        assert_ok(metastep_reptile_step(batch, support_cost, v, c.steps, LR, &o, &r));
+        assert_ok(metastep_reptile_step(batch, tanh_support_cost, v, c.steps, LR, &o, &r));
         double want_g[NP], adapted[T][NP];
         double want_cost = fomaml_by_hand(&c, want_g, adapted);
         ck_assert_msg(close_to(ms_tensor_item(r.cost), want_cost, 1e-10),
