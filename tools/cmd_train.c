@@ -82,8 +82,10 @@ static void train_usage(FILE *f)
         "  --k N                support (and query) points per task               [10]\n"
         "  --shots N            the same as --k: support images per class (images task)\n"
         "  --batched            run all tasks of a meta-step as one batch (Ivy's batched=True)\n"
-        "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
-        "                       bit-identical for every N                  [cores online]\n"
+        "  --threads N          cores to use: N tasks of an unbatched meta-step at once\n"
+        "                       (1 kernel thread each), or N kernel threads for batched\n"
+        "                       steps and evaluation; results are bit-identical for\n"
+        "                       every N                                    [cores online]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
         "  --dtype D            float32 | float64                                 [float32]\n"
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
@@ -1183,6 +1185,9 @@ int cmd_train(int argc, char **argv)
     const metastep_task *task;
     if (!setup_backend(c.backend))
         return 1;
+    /* --threads N cores: batched steps and evaluation get N kernel threads,
+     * the worker pool 1 per task while N tasks run (metastep backends) */
+    metastep_set_backend_threads(c.threads);
     if (metastep_load_task(c.task, &task) != MS_OK)
         return fail_ms("cannot load the task plugin");
     if ((rc = configure_task("train", task, c.opt_key, c.opt_val, c.nopts)) != 0)
