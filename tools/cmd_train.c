@@ -13,6 +13,7 @@
 
 #include "metastep/metastep.h"
 #include "cli.h"
+#include "mpi_train.h"
 #include "runlog.h"
 #include "util.h"
 
@@ -34,6 +35,7 @@ typedef struct config {
     long meta_steps;
     int meta_batch, inner_steps, k, eval_tasks, eval_every;
     int threads; /* tasks of an unbatched meta-step at once (results do not depend on it) */
+    long checkpoint_every; /* 0: checkpoint only at the end and on Ctrl-C */
     double inner_lr, outer_lr;
     bool outer_adam, batched, quiet, force_resume, overwrite;
     uint64_t seed;
@@ -67,7 +69,8 @@ static void train_usage(FILE *f)
         "  episodes.png        held-out episodes: support images with their labels, query\n"
         "                      images with predictions before and after 1 and 10 steps\n"
         "                      (image classification tasks)\n"
-        "  checkpoint.safetensors  written on Ctrl-C (and at the end), for --resume\n"
+        "  checkpoint.safetensors  written on Ctrl-C (and at the end, and every\n"
+        "                      --checkpoint-every steps), for --resume\n"
         "\n"
         "options:\n"
         "  --task NAME|PATH     task plugin (e.g. sine)                          [required]\n"
@@ -86,6 +89,7 @@ static void train_usage(FILE *f)
         "                       (1 kernel thread each), or N kernel threads for batched\n"
         "                       steps and evaluation; results are bit-identical for\n"
         "                       every N                                    [cores online]\n"
+        "  --checkpoint-every N write the checkpoint (and parameters) every N steps [0: off]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
         "  --dtype D            float32 | float64                                 [float32]\n"
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
@@ -99,6 +103,10 @@ static void train_usage(FILE *f)
         "  --overwrite          replace the run already in --out DIR (without it a\n"
         "                       directory holding a log.csv is refused)\n"
         "  --quiet, -q          no progress output\n"
+        "Under mpirun (when built with MPI) each rank runs its share of every\n"
+        "meta-batch's tasks; results equal one process's bit for bit; rank 0 writes\n"
+        "the run directory; --threads defaults to the cores over the ranks on a node;\n"
+        "--batched is refused (docs/scaling.md).\n"
         "  --help               this text\n"
         "\n"
         "Exit status: 0 done; 1 error; 2 bad flags (or a resume with other flags);\n"
@@ -856,11 +864,13 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
         metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
         o.batched = c->batched;
         o.threads = c->threads;
+        o.shard = world_shard(c->meta_batch);
         st = metastep_reptile_step(batch, task->inner_cost, v, c->inner_steps, c->inner_lr, &o, r);
     } else {
         metastep_options o = METASTEP_OPTIONS_DEFAULT;
         o.batched = c->batched;
         o.threads = c->threads;
+        o.shard = world_shard(c->meta_batch);
         st = (c->algo == ALGO_MAML ? metastep_maml_step : metastep_fomaml_step)(
             batch, task->inner_cost, task->outer_cost, v, c->inner_steps, c->inner_lr, &o, r);
     }
@@ -970,7 +980,8 @@ static bool write_summary(const config *c, const metastep_task *task, long steps
 enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
-    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_HELP = 'h'
+    O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_CKPT_EVERY,
+    O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -988,6 +999,7 @@ static const struct option train_options[] = {
     {"batched", no_argument, NULL, O_BATCHED}, {"quiet", no_argument, NULL, O_QUIET},
     {"force-resume", no_argument, NULL, O_FORCE}, {"overwrite", no_argument, NULL, O_OVERWRITE},
     {"threads", required_argument, NULL, O_THREADS},
+    {"checkpoint-every", required_argument, NULL, O_CKPT_EVERY},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1044,6 +1056,7 @@ static bool train_opt(void *user, int id, const char *v)
     case O_EVAL_TASKS: return util_int(v, 1, 100000, &c->eval_tasks);
     case O_EVAL_EVERY: return util_int(v, 1, 100000000, &c->eval_every);
     case O_THREADS: return util_int(v, 1, 1024, &c->threads);
+    case O_CKPT_EVERY: return util_long(v, 0, 100000000, &c->checkpoint_every);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1077,7 +1090,7 @@ static int parse_train(int argc, char **argv, config *c)
                   .meta_batch = 25, .inner_steps = 1, .k = 10, .eval_tasks = 100,
                   .eval_every = 0, .inner_lr = 0.01, .outer_lr = 1e-3, .outer_adam = true,
                   .seed = 0, .dtype = MS_F32};
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN) / world_local_size(); /* MPI: ranks share a node */
     c->threads = cores > 1 ? (int)(cores < 1024 ? cores : 1024) : 1;
     parsed p = {.c = c};
     if (util_parse_options("train", argc, argv, train_options, train_opt, task_opt, &p) != 0)
@@ -1175,7 +1188,15 @@ static bool save_state(const config *c, const metastep_task *task, const ms_cont
     return true;
 }
 
+static int train_main(int argc, char **argv);
+
 int cmd_train(int argc, char **argv)
+{
+    int rc = world_init(); /* MPI, when launched by mpirun */
+    return rc ? rc : world_finish(train_main(argc, argv));
+}
+
+static int train_main(int argc, char **argv)
 {
     config c;
     int rc = parse_train(argc, argv, &c);
@@ -1192,7 +1213,8 @@ int cmd_train(int argc, char **argv)
         return fail_ms("cannot load the task plugin");
     if ((rc = configure_task("train", task, c.opt_key, c.opt_val, c.nopts)) != 0)
         return rc;
-    if ((rc = prepare_out(&c)) != 0)
+    if ((rc = world_rank() == 0 ? prepare_out(&c) : 0) != 0 ||
+        (rc = world_private_run(&c.out, &c.resume, &c.quiet, &c.force_resume, c.batched)) != 0)
         return rc;
     metastep_optimizer outer = c.outer_adam ? metastep_adam(0.9, 0.999, 1e-8) : metastep_sgd(0.0, false);
     metastep_optim_state *opt = metastep_optim_state_new(&outer);
@@ -1223,28 +1245,35 @@ int cmd_train(int argc, char **argv)
     } else {
         fprintf(stderr, "metastep train: cannot write %s: %s\n", path, strerror(errno));
     }
-    if (!log) {
+    /* MPI: every rank is ready, or they all stop here */
+    if (!log || (rc = world_agree(0)) != 0) {
+        if (log)
+            fclose(log);
         ms_container_release(vars);
         metastep_optim_state_release(opt);
-        return EXIT_UNWRITTEN;
+        return log ? rc : EXIT_UNWRITTEN;
     }
+    /* under mpirun a Ctrl-C ends every rank (mpirun's SIGTERM): the run
+     * continues from the last --checkpoint-every checkpoint */
     struct sigaction sa = {.sa_handler = on_sigint}, old;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old);
+    sigaction(SIGINT, world_size() > 1 ? NULL : &sa, &old);
     bool tty = isatty(STDERR_FILENO), accuracy = false;
     metastep_eval last_ev = eval_blank(); /* the evaluation of the last step, if any */
     long last_ev_step = -1;
     if (!c.quiet)
-        fprintf(stderr, "metastep train: %s on '%s' with backend %s, %ld meta-steps of %d tasks%s\n",
-                algo_names[c.algo], task->header.name, metastep_current_backend(), c.meta_steps,
-                c.meta_batch, c.batched ? " (batched)" : "");
+        fprintf(stderr, "metastep train: %s on '%s' with backend %s, %ld meta-steps of %d tasks%s"
+                "%s%d%s\n", algo_names[c.algo], task->header.name, metastep_current_backend(),
+                c.meta_steps, c.meta_batch, c.batched ? " (batched)" : "",
+                world_size() > 1 ? " shared by " : "", world_size() > 1 ? world_size() : 0,
+                world_size() > 1 ? " MPI ranks" : "");
     double t0 = now(), last_print = 0, loss = NAN, rate = 0, first_loss = NAN;
     long step = start, done = 0;
     /* the last state whose loss was sound, kept for a divergence */
     ms_container *good_vars = NULL, *good_os = NULL;
     long good_step = -1;
     char diverged[512] = "";
-    bool log_failed = false;
+    bool log_failed = false, ckpt_failed = false;
     for (; step < c.meta_steps && !interrupted; step++) {
         ms_scope_push();
         uint64_t bseed = c.seed * 1000003ull + (uint64_t)step + 1;
@@ -1292,7 +1321,8 @@ int cmd_train(int argc, char **argv)
         done++;
         double t = now() - t0;
         rate = (double)done / (t > 0 ? t : 1e-9);
-        bool eval_now = (step + 1) % c.eval_every == 0 || step + 1 == c.meta_steps;
+        bool eval_now = world_rank() == 0 && /* MPI: rank 0 evaluates and logs */
+                        ((step + 1) % c.eval_every == 0 || step + 1 == c.meta_steps);
         metastep_eval ev = eval_blank();
         if (eval_now) {
             if (task->evaluate(vars, c.eval_tasks, c.k, c.inner_lr, HELDOUT_SEED, c.dtype, &ev) == MS_OK) {
@@ -1317,6 +1347,13 @@ int cmd_train(int argc, char **argv)
             progress(&c, step + 1, c.meta_steps, rate, loss, t0, tty, false);
             last_print = t;
         }
+        if (c.checkpoint_every > 0 && (step + 1) % c.checkpoint_every == 0 && world_rank() == 0 &&
+            step + 1 < c.meta_steps) {
+            ms_container *os = metastep_optim_state_save(opt);
+            if (!save_state(&c, task, vars, os, step + 1))
+                ckpt_failed = true; /* reported; the run goes on, and exits 4 */
+            ms_container_release(os);
+        }
     }
     double seconds = now() - t0;
     if (rc != 1 && tty && !diverged[0])
@@ -1331,9 +1368,12 @@ int cmd_train(int argc, char **argv)
         /* keep the last sound state: the step before the divergence */
         if (tty && !c.quiet)
             fputc('\n', stderr);
-        fprintf(stderr, "metastep train: diverged: %s.\n", diverged);
+        if (world_rank() == 0)
+            fprintf(stderr, "metastep train: diverged: %s.\n", diverged);
         metastep_eval none = eval_blank();
-        if (good_vars && good_step > start) {
+        if (world_rank() != 0) {
+            /* rank 0 keeps the last sound state */
+        } else if (good_vars && good_step > start) {
             if (save_state(&c, task, good_vars, good_os, good_step) &&
                 write_summary(&c, task, good_step - start, seconds, &none, false, diverged))
                 fprintf(stderr, "metastep train: kept the checkpoint and parameters of step %ld, "
@@ -1350,7 +1390,7 @@ int cmd_train(int argc, char **argv)
             rc = EXIT_UNWRITTEN;
         ms_container_release(os);
     }
-    if (rc == 0 && !interrupted) {
+    if (rc == 0 && !interrupted && world_rank() == 0) {
         /* the same variables on the same tasks: reuse the last step's evaluation */
         metastep_eval ev = last_ev;
         if (last_ev_step != step &&
@@ -1406,7 +1446,7 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "metastep train: interrupted at step %ld, but the checkpoint could not be "
                         "written: the run cannot be continued from this step\n", step);
     }
-    if (log_failed && (rc == 0 || rc == 130))
+    if ((log_failed || ckpt_failed) && (rc == 0 || rc == 130))
         rc = EXIT_UNWRITTEN;
     ms_container_release(good_vars);
     ms_container_release(good_os);
