@@ -50,7 +50,11 @@ typedef ms_container *(*metastep_batch_fn)(const ms_container *sub_batch, void *
  * its record: the step fails on every process with the first failing task's
  * status and message, after the exchange.  exchange returns MS_OK, or
  * another status with a message recorded (ms_record_error), which the step
- * returns.  Only unbatched steps with stop_gradients can be sharded (a
+ * returns.  A process whose step fails before its exchange (invalid
+ * arguments fail alike on every process; running out of memory does not)
+ * never calls exchange: the caller must then stop the others (with MPI,
+ * MPI_Abort, as metastep train does).  Only unbatched steps with
+ * stop_gradients can be sharded (a
  * batched step computes all tasks as one batch, and sums over the task axis
  * in the backend's order: it cannot be split bit-identically). */
 typedef ms_status (*metastep_exchange_fn)(void *ctx, void *records, size_t record_bytes,

@@ -28,7 +28,9 @@
  * the size of a task's record (different batches, variables or options);
  * MS_ERR_OVERFLOW for a record over 2 GiB; MS_ERR_IO when an MPI call fails
  * (only seen when comm's error handler returns errors: by default MPI aborts
- * the job, which is what a rank that dies causes). */
+ * the job, which is what a rank that dies causes).  A rank that fails before
+ * the exchange (out of memory) leaves the others waiting in it: call
+ * MPI_Abort when a step fails on one rank only. */
 #ifndef METASTEP_MPI_H
 #define METASTEP_MPI_H
 
