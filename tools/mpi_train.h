@@ -7,9 +7,10 @@
  * Slurm); there is no flag.  Every rank draws the same meta-batch from the
  * seed, runs its contiguous share of the tasks (metastep_mpi_shard) and
  * applies the same outer update.  Rank 0 alone writes the run directory; the
- * other ranks are quiet and write into a private temporary directory that
- * is removed at the end (a resumed run's checkpoint reaches them from rank 0,
- * so no shared file system is needed).
+ * other ranks are quiet and write into a private temporary directory
+ * ($TMPDIR/metastep-rankR-XXXXXX) that is removed at the end, except by a
+ * killed rank (a resumed run's checkpoint reaches them from rank 0, so no
+ * shared file system is needed).
  *
  * Failures: setup failures on any rank (flags, output directory, checkpoint,
  * log) are agreed at two points before the first step, so every rank exits
