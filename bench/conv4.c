@@ -5,6 +5,7 @@
  *                             [--inner-steps 1] [--ways 5] [--shots 1] [--query 15]
  *                             [--filters 32] [--meta-batch 4] [--size 28]
  *                             [--repeats 5] [--target 1.0] [--json] [--smoke]
+ *                             [--threads N]
  *
  * The model is the MAML paper's Conv4: 4 blocks of [conv 3×3 (F filters,
  * stride 1, padding 1), batch norm (training mode), ReLU, max-pool 2×2], then
@@ -21,7 +22,11 @@
  * Timing protocol as bench-meta: a warm-up step, N calibrated so a repeat
  * takes about --target seconds, the backends interleaved within each repeat,
  * the median of --repeats.  Peak RSS is the whole process's.  --smoke: one
- * step of each, for CI (the numbers mean nothing).
+ * step of each, for CI (the numbers mean nothing).  --threads N (N > 1):
+ * every backend runs twice, with one thread and with metastep_options.threads
+ * = N (the tasks on N threads), interleaved within each repeat, the backend's
+ * kernel threads set to the run's count as metastep train --threads does;
+ * the N-thread row gives its speed-up, and --json every repeat's seconds.
  */
 #include <dlfcn.h>
 #include <math.h>
@@ -156,6 +161,8 @@ static ms_container *make_batch(uint64_t seed)
 
 typedef struct run {
     const char *backend;
+    int threads;
+    double raw[MAX_REPEATS]; /* seconds per step of each repeat, in order */
     ms_container *vars;
     metastep_optim_state *opt;
     long n;
@@ -164,12 +171,14 @@ typedef struct run {
 } run;
 
 static ms_container *g_batch;
+static int g_threads = 1; /* metastep_options.threads of the run being timed */
 
 static bool one_step(run *r, bool maml)
 {
     ms_scope_push();
     metastep_options o = METASTEP_OPTIONS_DEFAULT;
     o.batched = false; /* per-task weights of a conv net: the loop over tasks */
+    o.threads = g_threads;
     metastep_result res = {0};
     ms_status st = (maml ? metastep_maml_step : metastep_fomaml_step)(
         g_batch, inner_cost, outer_cost, r->vars, C.inner_steps, 0.4, &o, &res);
@@ -235,18 +244,18 @@ static double count_flops(bool maml, const char *build_backends)
 int main(int argc, char **argv)
 {
     const char *backends[MAX_BACKENDS] = {"ref", "openblas", "onednn"};
-    int nb = 3, repeats = 5, nalgos = 2;
+    int nb = 3, repeats = 5, nalgos = 2, threads = 1;
     bool algos[2] = {true, true}, json = false, smoke = false; /* maml, fomaml */
     double target = 1.0;
     char listbuf[256];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int *ints[] = {&C.ways, &C.shots, &C.query, &C.filters, &C.meta_batch, &C.size,
-                       &C.inner_steps, &repeats};
+                       &C.inner_steps, &repeats, &threads};
         const char *names[] = {"--ways", "--shots", "--query", "--filters", "--meta-batch",
-                               "--size", "--inner-steps", "--repeats"};
+                               "--size", "--inner-steps", "--repeats", "--threads"};
         bool done = false;
-        for (int k = 0; k < 8 && !done; k++)
+        for (int k = 0; k < 9 && !done; k++)
             if (!strcmp(a, names[k]) && v) {
                 *ints[k] = atoi(v);
                 done = ++i;
@@ -286,7 +295,8 @@ int main(int argc, char **argv)
     }
     (void)nalgos;
     if (C.ways < 2 || C.shots < 1 || C.query < 1 || C.filters < 1 || C.meta_batch < 1 ||
-        C.size < 16 || C.inner_steps < 0 || repeats < 1 || repeats > MAX_REPEATS || nb < 1) {
+        C.size < 16 || C.inner_steps < 0 || repeats < 1 || repeats > MAX_REPEATS || nb < 1 ||
+        threads < 1) {
         fprintf(stderr, "bench-conv4: invalid setting\n");
         return 2;
     }
@@ -308,16 +318,20 @@ int main(int argc, char **argv)
             continue;
         bool maml = a == 0;
         double flops = count_flops(maml, BACKEND_DIR);
-        run runs[MAX_BACKENDS] = {{0}};
-        for (int b = 0; b < nb; b++) {
-            runs[b].backend = backends[b];
-            with_backend(backends[b]);
+        run runs[2 * MAX_BACKENDS] = {{0}};
+        const int per = threads > 1 ? 2 : 1, nr = nb * per;
+        for (int b = 0; b < nr; b++) {
+            runs[b].backend = backends[b / per];
+            runs[b].threads = b % per ? threads : 1;
+            with_backend(runs[b].backend);
+            g_threads = runs[b].threads;
+            metastep_set_backend_threads(g_threads);
             prepare(&runs[b]);
             if (!one_step(&runs[b], maml)) /* warm-up */
-                die_ms(backends[b]);
+                die_ms(runs[b].backend);
             double t0 = bench_now();
             if (!one_step(&runs[b], maml))
-                die_ms(backends[b]);
+                die_ms(runs[b].backend);
             double once = bench_now() - t0;
             runs[b].n = smoke ? 1 : (long)ceil(target / (once > 1e-6 ? once : 1e-6));
             if (runs[b].n < 1)
@@ -325,28 +339,39 @@ int main(int argc, char **argv)
             metastep_unset_backend();
         }
         for (int r = 0; r < repeats; r++)
-            for (int b = 0; b < nb; b++) {
-                with_backend(backends[b]);
+            for (int b = 0; b < nr; b++) {
+                with_backend(runs[b].backend);
+                g_threads = runs[b].threads;
+                metastep_set_backend_threads(g_threads);
                 double t0 = bench_now();
                 for (long i = 0; i < runs[b].n; i++)
                     if (!one_step(&runs[b], maml))
-                        die_ms(backends[b]);
-                runs[b].secs[r] = (bench_now() - t0) / (double)runs[b].n;
+                        die_ms(runs[b].backend);
+                runs[b].raw[r] = runs[b].secs[r] = (bench_now() - t0) / (double)runs[b].n;
                 metastep_unset_backend();
             }
-        for (int b = 0; b < nb; b++) {
+        for (int b = 0; b < nr; b++) {
             qsort(runs[b].secs, (size_t)repeats, sizeof(double), bench_cmp_double);
             double s = runs[b].secs[repeats / 2];
-            if (json)
-                printf("%s\n  {\"algo\": \"%s\", \"backend\": \"%s\", \"seconds_per_step\": %.6g, "
-                       "\"gflops\": %.4g, \"gflop_per_step\": %.6g, \"n\": %ld, "
-                       "\"last_cost\": %.6g}",
-                       first ? "" : ",", maml ? "maml" : "fomaml", backends[b], s,
-                       flops / s * 1e-9, flops * 1e-9, runs[b].n, runs[b].last_cost);
-            else
-                printf("%-7s %-9s %10.4f %10.2f %9.3f %8ld %10.4f\n", maml ? "maml" : "fomaml",
-                       backends[b], s, flops / s * 1e-9, flops * 1e-9, runs[b].n,
+            double speedup = b % per ? runs[b - 1].secs[repeats / 2] / s : 0;
+            if (json) {
+                printf("%s\n  {\"algo\": \"%s\", \"backend\": \"%s\", \"threads\": %d, "
+                       "\"seconds_per_step\": %.6g, \"gflops\": %.4g, \"gflop_per_step\": %.6g, "
+                       "\"n\": %ld, \"last_cost\": %.6g, \"repeat_seconds\": [",
+                       first ? "" : ",", maml ? "maml" : "fomaml", runs[b].backend,
+                       runs[b].threads, s, flops / s * 1e-9, flops * 1e-9, runs[b].n,
                        runs[b].last_cost);
+                for (int r = 0; r < repeats; r++)
+                    printf("%s%.6g", r ? ", " : "", runs[b].raw[r]);
+                printf("]}");
+            } else {
+                printf("%-7s %-9s %10.4f %10.2f %9.3f %8ld %10.4f", maml ? "maml" : "fomaml",
+                       runs[b].backend, s, flops / s * 1e-9, flops * 1e-9, runs[b].n,
+                       runs[b].last_cost);
+                if (speedup > 0)
+                    printf("  %d threads: x%.2f", runs[b].threads, speedup);
+                printf("\n");
+            }
             first = false;
             ms_container_release(runs[b].vars);
             metastep_optim_state_release(runs[b].opt);

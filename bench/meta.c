@@ -33,7 +33,10 @@
  * --threads N (N > 1): every configuration and backend runs twice, with one
  * thread and with metastep_options.threads = N (the tasks of an unbatched
  * step on N threads; batched steps stay on one), interleaved, and the N-thread
- * row reports its speed-up over the one-thread row.
+ * row reports its speed-up over the one-thread row.  As metastep train
+ * --threads N, each run sets the backend's kernel threads to its thread
+ * count (metastep_set_backend_threads: OpenBLAS, oneDNN), which the worker
+ * pool lowers to 1 while tasks run on several threads.
  *
  * --dump DIR does no timing: it writes the initial variables, the first
  * meta-batch and, per configuration and backend, the first meta-step's cost,
@@ -401,6 +404,7 @@ static void bench_config(const options *o, algo a, int steps, bool batched, run 
         if (!push_backend(runs[b].backend))
             continue;
         g_threads = runs[b].threads;
+        metastep_set_backend_threads(g_threads); /* as metastep train --threads N */
         runs[b].ok = prepare(&runs[b], a, steps, batched, o);
         if (!runs[b].ok)
             fail_ms("meta-step failed");
@@ -414,6 +418,7 @@ static void bench_config(const options *o, algo a, int steps, bool batched, run 
                 continue;
             }
             g_threads = r->threads;
+            metastep_set_backend_threads(g_threads);
             double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
             r->ok = run_steps(r, a, steps, batched, r->n);
             r->wall[rep] = bench_clock(CLOCK_MONOTONIC) - w0;

@@ -734,7 +734,61 @@ START_TEST(cli_text_and_bad_option)
     free(err);
 }
 END_TEST
+
+/* Issue 13: each backend says whether its kernels thread inside and what
+ * metastep train --threads N gives them. */
+START_TEST(cli_threads)
+{
+    no_plugin_dir();
+    char *out, *err;
+    int rc = run_cli("METASTEP_BACKEND=ref OPENBLAS_NUM_THREADS=2", "backends --json --threads 3",
+                     &out, &err);
+    ck_assert_int_eq(rc, 0);
+    const char *ref = strstr(out, "\"name\": \"ref\""), *blas = strstr(out, "\"name\": \"openblas\"");
+    ck_assert_ptr_nonnull(ref);
+    ck_assert_ptr_nonnull(blas);
+    ck_assert_msg(strstr(ref, "\"threads\": {\"thread_safe\": true, \"internal\": false, "
+                              "\"internal_now\": 1, \"train_threads\": 3, \"unbatched\": "
+                              "{\"tasks\": 3, \"kernel_threads\": 1}, \"batched\": {\"tasks\": 1, "
+                              "\"kernel_threads\": 1}}") != NULL, "%s", ref);
+    ck_assert_msg(strstr(blas, "\"threads\": {\"thread_safe\": true, \"internal\": true, "
+                               "\"internal_now\": 2, \"train_threads\": 3, \"unbatched\": "
+                               "{\"tasks\": 3, \"kernel_threads\": 1}, \"batched\": {\"tasks\": 1, "
+                               "\"kernel_threads\": 3}}") != NULL, "%s", blas);
+    free(out);
+    free(err);
+    rc = run_cli("METASTEP_BACKEND=ref", "backends --threads 2", &out, &err);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_has(out, "train --threads 2: unbatched steps up to 2 tasks at once x 1 kernel "
+                       "thread; batched steps and evaluation 1 x 1\n");
+    free(out);
+    free(err);
+    rc = run_cli("", "backends --threads 0", &out, &err);
+    ck_assert_int_eq(rc, 2);
+    free(out);
+    free(err);
+}
+END_TEST
 #endif
+
+/* metastep_set_backend_threads: the ABI 1.2 slot of the active backend. */
+START_TEST(backend_threads)
+{
+    ck_assert_int_eq(metastep_set_backend("ref"), MS_OK);
+    ck_assert_int_eq(metastep_set_backend_threads(4), 0); /* ref does not thread */
+    ck_assert_int_eq(metastep_set_backend_threads(0), 0);
+    ck_assert_int_eq(metastep_set_backend("openblas"), MS_OK);
+    int before = metastep_set_backend_threads(0);
+    ck_assert_int_ge(before, 1);
+    ck_assert_int_eq(metastep_set_backend_threads(3), before);
+    ck_assert_int_eq(metastep_set_backend_threads(0), 3); /* asking changes nothing */
+    ck_assert_int_eq(metastep_set_backend_threads(-1), 3);
+    ck_assert_int_eq(metastep_set_backend_threads(before), 3);
+    ck_assert_int_eq(metastep_set_backend_threads(0), before);
+    ck_assert_int_eq(metastep_unset_backend(), MS_OK);
+    ck_assert_int_eq(metastep_unset_backend(), MS_OK);
+}
+END_TEST
 
 static Suite *loader_suite(void)
 {
@@ -775,6 +829,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, stack_like_ivy);
     tcase_add_test(tc, stack_depth_limit);
     tcase_add_test(tc, tensors_cross_backends);
+    tcase_add_test(tc, backend_threads);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("fallback");
@@ -788,6 +843,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, cli_json);
     tcase_add_test(tc, installed_library_ignores_build_tree);
     tcase_add_test(tc, cli_text_and_bad_option);
+    tcase_add_test(tc, cli_threads);
     suite_add_tcase(s, tc);
 #endif
     return s;

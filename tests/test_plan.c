@@ -469,6 +469,9 @@ END_TEST
 
 int main(void)
 {
+    /* results do not depend on kernel threads; one keeps oneDNN's OpenMP
+     * threads from spinning against the other suites of a parallel run */
+    metastep_set_backend_threads(1);
     Suite *s = suite_create("plan");
     TCase *tc = tcase_create("plan");
     tcase_set_timeout(tc, 600);

@@ -13,6 +13,7 @@
 
 #include "metastep/metastep.h"
 #include "cli.h"
+#include "mpi_train.h"
 #include "runlog.h"
 #include "util.h"
 #include "variants.h"
@@ -41,6 +42,7 @@ typedef struct config {
     int meta_batch, inner_steps, k, eval_tasks, eval_every;
     int threads; /* tasks of an unbatched meta-step at once (results do not depend on it) */
     int engine;  /* ENGINE_*: compiled plan or the step functions */
+    long save_every; /* 0: checkpoint only at the end and on Ctrl-C */
     double inner_lr, outer_lr;
     bool outer_adam, batched, quiet, force_resume, overwrite;
     uint64_t seed;
@@ -91,7 +93,8 @@ static void train_usage(FILE *f)
         "  episodes.png        held-out episodes: support images with their labels, query\n"
         "                      images with predictions before and after 1 and 10 steps\n"
         "                      (image classification tasks)\n"
-        "  checkpoint.safetensors  written on Ctrl-C (and at the end), for --resume\n"
+        "  checkpoint.safetensors  written on Ctrl-C (and at the end, and every\n"
+        "                      --save-every steps), for --resume\n"
         "\n"
         "options:\n"
         "  --task NAME|PATH     task plugin (e.g. sine)                          [required]\n"
@@ -125,14 +128,17 @@ static void train_usage(FILE *f)
         "                       the inner steps (checkpoints and one segment)      [off]\n"
         "  --lambda X           imaml: proximal term lambda/2 ||phi - theta||^2   [1]\n"
         "  --cg-steps N         imaml: conjugate-gradient iterations              [5]\n"
-        "  --threads N          tasks of an unbatched meta-step run at once; results are\n"
-        "                       bit-identical for every N                  [cores online]\n"
+        "  --threads N          cores to use: N tasks of an unbatched meta-step at once\n"
+        "                       (1 kernel thread each), or N kernel threads for batched\n"
+        "                       steps and evaluation; results are bit-identical for\n"
+        "                       every N                                    [cores online]\n"
         "  --engine E           compiled: trace the meta-step once and replay it\n"
         "                       (metastep_plan_*; one thread); eager: the step\n"
         "                       functions; auto: compiled unless unbatched with\n"
         "                       --threads above 1 or with --checkpoint-every or\n"
         "                       --memory-budget; iMAML runs eagerly; results are\n"
         "                       identical                                  [auto]\n"
+        "  --save-every N       write the checkpoint (and parameters) every N steps [0: off]\n"
         "  --seed N             seed of initial parameters and task draws         [0]\n"
         "  --dtype D            float32 | float64                                 [float32]\n"
         "  --eval-every N       held-out evaluation period in steps  [meta-steps/50]\n"
@@ -146,6 +152,10 @@ static void train_usage(FILE *f)
         "  --overwrite          replace the run already in --out DIR (without it a\n"
         "                       directory holding a log.csv is refused)\n"
         "  --quiet, -q          no progress output\n"
+        "Under mpirun (when built with MPI) each rank runs its share of every\n"
+        "meta-batch's tasks; results equal one process's bit for bit; rank 0 writes\n"
+        "the run directory; --threads defaults to the cores over the ranks on a node;\n"
+        "--batched is refused (docs/scaling.md).\n"
         "  --help               this text\n"
         "\n"
         "Exit status: 0 done; 1 error; 2 bad flags (or a resume with other flags);\n"
@@ -994,13 +1004,14 @@ static bool plain(const config *c)
 
 /* Whether the meta-steps run as a compiled plan: Ivy's three steps only (the
  * variants, whose learned rates and step weights change every meta-step,
- * and iMAML run eagerly).  --engine auto compiles unless the tasks of an
+ * iMAML, and every step under mpirun, whose tasks are shared out, run
+ * eagerly).  --engine auto compiles unless the tasks of an
  * unbatched step run on several threads (a plan replays on one) or
  * checkpointed MAML is asked for (its memory budget counts live tensors, not
  * a plan's arena). */
 static bool compiled(const config *c)
 {
-    if (!plain(c) && c->algo != ALGO_REPTILE)
+    if ((!plain(c) && c->algo != ALGO_REPTILE) || world_env_size() > 1) /* MPI: shards */
         return false;
     return c->engine == ENGINE_COMPILED ||
            (c->engine == ENGINE_AUTO && (c->batched || c->threads <= 1) && !c->checkpoint_given);
@@ -1034,6 +1045,7 @@ static ms_status meta_step(const config *c, const metastep_task *task, const ms_
     o.threads = c->threads;
     o.checkpoint_every = c->algo == ALGO_MAML ? c->checkpoint_every : 0;
     o.checkpoint_budget_mib = c->algo == ALGO_MAML ? c->memory_budget : 0;
+    o.shard = ro.shard = world_shard(c->meta_batch); /* NULL unless under mpirun */
     if (plan && !*plan)
         st = c->algo == ALGO_REPTILE
                  ? metastep_plan_reptile(task->inner_cost, c->inner_steps, c->inner_lr, &ro, plan)
@@ -1177,7 +1189,8 @@ enum {
     O_TASK = 256, O_BACKEND, O_OUT, O_RESUME, O_ALGO, O_OPTIM, O_DTYPE, O_STEPS, O_BATCH,
     O_INNER_STEPS, O_K, O_EVAL_TASKS, O_EVAL_EVERY, O_INNER_LR, O_OUTER_LR, O_SEED, O_BATCHED,
     O_QUIET, O_FORCE, O_OVERWRITE, O_PARAMS, O_TASKS, O_JSON, O_THREADS, O_ENGINE, O_CKPT_EVERY,
-    O_LAMBDA, O_CG_STEPS, O_MEM_BUDGET, O_ADAPT, O_MSL, O_FO_UNTIL, O_HELP = 'h'
+    O_LAMBDA, O_CG_STEPS, O_MEM_BUDGET, O_ADAPT, O_MSL, O_FO_UNTIL, O_SAVE_EVERY,
+    O_HELP = 'h'
 };
 
 static const struct option train_options[] = {
@@ -1201,6 +1214,7 @@ static const struct option train_options[] = {
     {"lambda", required_argument, NULL, O_LAMBDA}, {"cg-steps", required_argument, NULL, O_CG_STEPS},
     {"adapt", required_argument, NULL, O_ADAPT}, {"msl-anneal", required_argument, NULL, O_MSL},
     {"first-order-until", required_argument, NULL, O_FO_UNTIL},
+    {"save-every", required_argument, NULL, O_SAVE_EVERY},
     {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0},
 };
 
@@ -1276,6 +1290,7 @@ static bool train_opt(void *user, int id, const char *v)
     }
     case O_MSL: p->msl_given = true; return util_long(v, 0, 100000000, &c->msl_anneal);
     case O_FO_UNTIL: return util_long(v, 0, 100000000, &c->first_order_until);
+    case O_SAVE_EVERY: return util_long(v, 0, 100000000, &c->save_every);
     case O_INNER_LR: return util_double(v, &c->inner_lr);
     case O_OUTER_LR: return util_double(v, &c->outer_lr) && c->outer_lr > 0;
     case O_SEED: {
@@ -1309,7 +1324,7 @@ static int parse_train(int argc, char **argv, config *c)
                   .meta_batch = 25, .inner_steps = 1, .k = 10, .eval_tasks = 100,
                   .eval_every = 0, .inner_lr = 0.01, .outer_lr = 1e-3, .outer_adam = true,
                   .seed = 0, .dtype = MS_F32, .lambda = 1.0, .cg_steps = 5};
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN) / world_local_size(); /* MPI: ranks share a node */
     c->threads = cores > 1 ? (int)(cores < 1024 ? cores : 1024) : 1;
     parsed p = {.c = c};
     if (util_parse_options("train", argc, argv, train_options, train_opt, task_opt, &p) != 0)
@@ -1433,7 +1448,15 @@ static bool save_state(const config *c, const metastep_task *task, const ms_cont
     return true;
 }
 
+static int train_main(int argc, char **argv);
+
 int cmd_train(int argc, char **argv)
+{
+    int rc = world_init(); /* MPI, when launched by mpirun */
+    return rc ? rc : world_finish(train_main(argc, argv));
+}
+
+static int train_main(int argc, char **argv)
 {
     config c;
     int rc = parse_train(argc, argv, &c);
@@ -1443,13 +1466,17 @@ int cmd_train(int argc, char **argv)
     const metastep_task *task;
     if (!setup_backend(c.backend))
         return 1;
+    /* --threads N cores: batched steps and evaluation get N kernel threads,
+     * the worker pool 1 per task while N tasks run (metastep backends) */
+    metastep_set_backend_threads(c.threads);
     if (metastep_load_task(c.task, &task) != MS_OK)
         return fail_ms("cannot load the task plugin");
     if ((rc = configure_task("train", task, c.opt_key, c.opt_val, c.nopts)) != 0)
         return rc;
     if (!setup_head(&c, task))
         return fail_ms("cannot initialise the variables");
-    if ((rc = prepare_out(&c)) != 0)
+    if ((rc = world_rank() == 0 ? prepare_out(&c) : 0) != 0 ||
+        (rc = world_private_run(&c.out, &c.resume, &c.quiet, &c.force_resume, c.batched)) != 0)
         return rc;
     metastep_optimizer outer = c.outer_adam ? metastep_adam(0.9, 0.999, 1e-8) : metastep_sgd(0.0, false);
     metastep_optim_state *opt = metastep_optim_state_new(&outer);
@@ -1480,21 +1507,28 @@ int cmd_train(int argc, char **argv)
     } else {
         fprintf(stderr, "metastep train: cannot write %s: %s\n", path, strerror(errno));
     }
-    if (!log) {
+    /* MPI: every rank is ready, or they all stop here */
+    if (!log || (rc = world_agree(0)) != 0) {
+        if (log)
+            fclose(log);
         ms_container_release(vars);
         metastep_optim_state_release(opt);
-        return EXIT_UNWRITTEN;
+        return log ? rc : EXIT_UNWRITTEN;
     }
+    /* under mpirun a Ctrl-C ends every rank (mpirun's SIGTERM): the run
+     * continues from the last --save-every checkpoint */
     struct sigaction sa = {.sa_handler = on_sigint}, old;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old);
+    sigaction(SIGINT, world_size() > 1 ? NULL : &sa, &old);
     bool tty = isatty(STDERR_FILENO), accuracy = false;
     metastep_eval last_ev = eval_blank(); /* the evaluation of the last step, if any */
     long last_ev_step = -1;
     if (!c.quiet)
-        fprintf(stderr, "metastep train: %s on '%s' with backend %s, %ld meta-steps of %d tasks%s\n",
-                algo_names[c.algo], task->header.name, metastep_current_backend(), c.meta_steps,
-                c.meta_batch, c.batched ? " (batched)" : "");
+        fprintf(stderr, "metastep train: %s on '%s' with backend %s, %ld meta-steps of %d tasks%s"
+                "%s%d%s\n", algo_names[c.algo], task->header.name, metastep_current_backend(),
+                c.meta_steps, c.meta_batch, c.batched ? " (batched)" : "",
+                world_size() > 1 ? " shared by " : "", world_size() > 1 ? world_size() : 0,
+                world_size() > 1 ? " MPI ranks" : "");
     double t0 = now(), last_print = 0, loss = NAN, rate = 0, first_loss = NAN;
     long step = start, done = 0;
     /* the last state whose loss was sound, kept for a divergence */
@@ -1502,7 +1536,7 @@ int cmd_train(int argc, char **argv)
     long good_step = -1;
     metastep_plan *plan = NULL;
     char diverged[512] = "";
-    bool log_failed = false;
+    bool log_failed = false, ckpt_failed = false;
     for (; step < c.meta_steps && !interrupted; step++) {
         ms_scope_push();
         uint64_t bseed = c.seed * 1000003ull + (uint64_t)step + 1;
@@ -1552,7 +1586,8 @@ int cmd_train(int argc, char **argv)
         done++;
         double t = now() - t0;
         rate = (double)done / (t > 0 ? t : 1e-9);
-        bool eval_now = (step + 1) % c.eval_every == 0 || step + 1 == c.meta_steps;
+        bool eval_now = world_rank() == 0 && /* MPI: rank 0 evaluates and logs */
+                        ((step + 1) % c.eval_every == 0 || step + 1 == c.meta_steps);
         metastep_eval ev = eval_blank();
         if (eval_now) {
             if (evaluate_params(&c, task, vars, &ev) == MS_OK) {
@@ -1577,6 +1612,13 @@ int cmd_train(int argc, char **argv)
             progress(&c, step + 1, c.meta_steps, rate, loss, t0, tty, false);
             last_print = t;
         }
+        if (c.save_every > 0 && (step + 1) % c.save_every == 0 && world_rank() == 0 &&
+            step + 1 < c.meta_steps) {
+            ms_container *os = metastep_optim_state_save(opt);
+            if (!save_state(&c, task, vars, os, step + 1))
+                ckpt_failed = true; /* reported; the run goes on, and exits 4 */
+            ms_container_release(os);
+        }
     }
     double seconds = now() - t0;
     if (rc != 1 && tty && !diverged[0])
@@ -1592,9 +1634,12 @@ int cmd_train(int argc, char **argv)
         /* keep the last sound state: the step before the divergence */
         if (tty && !c.quiet)
             fputc('\n', stderr);
-        fprintf(stderr, "metastep train: diverged: %s.\n", diverged);
+        if (world_rank() == 0)
+            fprintf(stderr, "metastep train: diverged: %s.\n", diverged);
         metastep_eval none = eval_blank();
-        if (good_vars && good_step > start) {
+        if (world_rank() != 0) {
+            /* rank 0 keeps the last sound state */
+        } else if (good_vars && good_step > start) {
             if (save_state(&c, task, good_vars, good_os, good_step) &&
                 write_summary(&c, task, good_step - start, seconds, &none, false, diverged))
                 fprintf(stderr, "metastep train: kept the checkpoint and parameters of step %ld, "
@@ -1611,7 +1656,7 @@ int cmd_train(int argc, char **argv)
             rc = EXIT_UNWRITTEN;
         ms_container_release(os);
     }
-    if (rc == 0 && !interrupted) {
+    if (rc == 0 && !interrupted && world_rank() == 0) {
         /* the same variables on the same tasks: reuse the last step's evaluation */
         metastep_eval ev = last_ev;
         if (last_ev_step != step &&
@@ -1667,7 +1712,7 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "metastep train: interrupted at step %ld, but the checkpoint could not be "
                         "written: the run cannot be continued from this step\n", step);
     }
-    if (log_failed && (rc == 0 || rc == 130))
+    if ((log_failed || ckpt_failed) && (rc == 0 || rc == 130))
         rc = EXIT_UNWRITTEN;
     ms_container_release(good_vars);
     ms_container_release(good_os);

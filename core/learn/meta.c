@@ -28,6 +28,7 @@ typedef struct meta_cfg {
     bool stop;
     void *user;
     int threads; /* > 1: unbatched tasks on the worker pool */
+    const metastep_shard *shard; /* this process runs some tasks (shard.c) */
     /* second order, unbatched: differentiate each task's cost as soon as its
      * inner loop ends (the gradient of the mean is the mean of the
      * gradients), so only one task's graph is alive at a time */
@@ -580,6 +581,98 @@ static void task_on_worker(void *ctx, int t)
         ;
 }
 
+/* ---- sharded (metastep_options.shard): this process's tasks into records
+ * (shard.c), the exchange, then every task's record combined in task order
+ * as above, on every process ---- */
+
+typedef struct shard_run {
+    unbatched *u;
+    int first;
+} shard_run;
+
+static void shard_task_on_worker(void *ctx, int i)
+{
+    shard_run *r = ctx;
+    task_on_worker(r->u, r->first + i);
+}
+
+static ms_status run_shard(unbatched *u, bool parallel)
+{
+    const meta_cfg *c = u->c;
+    const metastep_shard *sh = c->shard;
+    const int n = c->num_tasks, lo = sh->first, hi = sh->first + sh->count;
+    ms__shard_layout l;
+    ms_container *like = ms__select_vars(u->variables, c->outer_v, c->keep_outer);
+    ms_status st = like ? ms__shard_layout_init(&l, like, u->ret != METASTEP_RETURN_INNER_NONE
+                                                              ? u->variables : NULL)
+                        : ms_last_error(NULL);
+    ms_container_release(like);
+    if (st != MS_OK)
+        return st;
+    char *recs = calloc((size_t)n, l.bytes);
+    if (!recs)
+        st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
+    /* the local tasks' errors travel in their records: keep the caller's
+     * pending error aside meanwhile */
+    const char *m = NULL;
+    ms_status before = ms_last_error(&m);
+    char *saved = before != MS_OK ? strdup(m) : NULL;
+    if (st == MS_OK && parallel && hi - lo > 1) {
+        if (!(u->slots = calloc((size_t)n, sizeof *u->slots)))
+            st = ms__fail(MS_ERR_NOMEM, "%s: out of memory", c->fn);
+        if (st == MS_OK) {
+            atomic_init(&u->first_failed, n);
+            shard_run r = {u, lo};
+            ms__pool_run(c->threads, hi - lo, shard_task_on_worker, &r);
+            for (int t = lo; t < hi; t++) {
+                task_slot *s = &u->slots[t];
+                bool skipped = t > atomic_load(&u->first_failed);
+                ms__shard_pack(&l, c->fn, t, skipped ? MS_ERR_INTERNAL : s->st,
+                               skipped ? "not run: an earlier task failed" : s->msg, s->o.cost,
+                               s->o.grads, s->o.vars, recs + (size_t)t * l.bytes);
+                task_out_release(&s->o);
+                free(s->msg);
+            }
+        }
+        free(u->slots);
+        u->slots = NULL;
+    } else if (st == MS_OK) {
+        ms_status failed = MS_OK;
+        for (int t = lo; t < hi; t++) {
+            task_out o = {0};
+            ms_status ts = failed != MS_OK ? MS_ERR_INTERNAL : run_task(u, t, &o);
+            const char *msg = "not run: an earlier task failed";
+            if (failed == MS_OK && ts != MS_OK)
+                ms_last_error(&msg);
+            ms__shard_pack(&l, c->fn, t, ts, msg, o.cost, o.grads, o.vars,
+                           recs + (size_t)t * l.bytes);
+            task_out_release(&o);
+            if (ts != MS_OK)
+                failed = ts;
+            ms_clear_error();
+        }
+    }
+    if (st == MS_OK) {
+        ms_clear_error();
+        if (before != MS_OK)
+            ms__fail(before, "%s", saved ? saved : ms_status_string(before));
+    }
+    free(saved);
+    /* every process exchanges, whatever its tasks gave: the others wait for it */
+    if (st == MS_OK)
+        st = sh->exchange(sh->ctx, recs, l.bytes, n, lo, sh->count);
+    for (int t = 0; st == MS_OK && t < n; t++) {
+        task_out o = {0};
+        st = ms__shard_unpack(&l, c->fn, recs + (size_t)t * l.bytes, &o.cost, &o.grads, &o.vars);
+        if (st == MS_OK)
+            st = combine(u, t, &o);
+        task_out_release(&o);
+    }
+    free(recs);
+    ms__shard_layout_free(&l);
+    return st;
+}
+
 static ms_status run_unbatched(unbatched *u, ms_tensor **cost, ms_container **grads,
                                ms_container **inner_v)
 {
@@ -598,7 +691,10 @@ static ms_status run_unbatched(unbatched *u, ms_tensor **cost, ms_container **gr
         shared |= ms_requires_grad(ms_container_at(u->variables, i));
     bool parallel = c->threads > 1 && n > 1 &&
                     (c->order == 2 ? c->per_task_wrt != NULL : c->stop || !shared);
-    if (!parallel) {
+    if (c->shard) {
+        u->private_vars = shared;
+        st = run_shard(u, parallel);
+    } else if (!parallel) {
         /* one task at a time: only one task's graph is alive at once */
         for (int t = 0; st == MS_OK && t < n; t++) {
             task_out o;
@@ -704,6 +800,7 @@ static ms_status train_tasks(const meta_cfg *c, const ms_container *batch,
 static ms_status validate(meta_cfg *c, const ms_container *batch, const ms_container *variables,
                           metastep_result *out)
 {
+    ms_status st;
     if (!out)
         return ms__fail(MS_ERR_NULL_ARG, "%s: out is NULL", c->fn);
     memset(out, 0, sizeof *out);
@@ -743,6 +840,14 @@ static ms_status validate(meta_cfg *c, const ms_container *batch, const ms_conta
         c->num_tasks = (int)lead;
     if (c->num_tasks == 0)
         return ms__fail(MS_ERR_INVALID_ARG, "%s: the batch holds no tasks", c->fn);
+    if (c->shard && (st = ms__shard_validate(c->fn, c->shard, c->num_tasks, c->batched,
+                                              c->stop)) != MS_OK)
+        return st;
+    if (c->shard && (c->rates || c->weights))
+        return ms__fail(MS_ERR_INVALID_ARG,
+                        "%s: a shard cannot be combined with learned inner learning rates or "
+                        "step weights",
+                        c->fn);
     /* a mask naming no variable is an error now, not at step 3 */
     const char *const *masks[2] = {c->inner_v, c->outer_v};
     for (int m = 0; m < 2; m++) {
@@ -813,7 +918,8 @@ static meta_cfg make_cfg(const char *fn, metastep_cost_fn inner, metastep_cost_f
                       .keep_outer = o->keep_outer_v, .batched = o->batched,
                       .num_tasks = o->num_tasks, .stop = o->stop_gradients, .user = o->user,
                       .threads = o->threads, .rates = o->inner_learning_rates,
-                      .rates_per_step = o->inner_lr_per_step, .weights = o->step_weights};
+                      .rates_per_step = o->inner_lr_per_step, .weights = o->step_weights,
+                      .shard = o->shard};
 }
 
 ms_status metastep_fomaml_step(const ms_container *batch, metastep_cost_fn inner_cost_fn,
@@ -841,6 +947,7 @@ ms_status metastep_reptile_step(const ms_container *batch, metastep_cost_fn cost
     o.stop_gradients = r.stop_gradients;
     o.user = r.user;
     o.threads = r.threads;
+    o.shard = r.shard;
     o.average_across_steps = true;
     meta_cfg c = make_cfg("metastep_reptile_step", cost_fn, NULL, inner_grad_steps,
                           inner_learning_rate, &o, 1);
@@ -876,11 +983,11 @@ ms_status metastep_maml_step(const ms_container *batch, metastep_cost_fn inner_c
     if (st != MS_OK)
         return st;
     if ((o.checkpoint_every != 0 || o.checkpoint_budget_mib != 0) &&
-        (o.inner_learning_rates || o.step_weights)) {
+        (o.inner_learning_rates || o.step_weights || o.shard)) {
         memset(out, 0, sizeof *out);
         return ms__fail(MS_ERR_INVALID_ARG,
                         "%s: checkpointing (checkpoint_every, checkpoint_budget_mib) does not "
-                        "support learned inner learning rates or step weights",
+                        "support learned inner learning rates, step weights or a shard",
                         c.fn);
     }
     if (o.checkpoint_every != 0 || o.checkpoint_budget_mib != 0) /* checkpointed.c */

@@ -96,6 +96,12 @@ static ms_status make(const char *fn, plan_algo algo, metastep_cost_fn inner,
                         "%s: stop_gradients is off, so the cost would keep its graph, which a "
                         "replay does not build; use the eager step",
                         fn);
+    if ((algo == PLAN_REPTILE ? r->shard : o->shard) != NULL)
+        return ms__fail(MS_ERR_INVALID_ARG,
+                        "%s: a sharded step exchanges its tasks' records with other processes "
+                        "through the shard's hook, which a replay would not call; use the eager "
+                        "step",
+                        fn);
     if (algo != PLAN_REPTILE && (o->inner_learning_rates || o->step_weights))
         return ms__fail(MS_ERR_INVALID_ARG,
                         "%s: learned inner learning rates and step weights change from one "

@@ -209,6 +209,16 @@ int ms__backend_set_threads(int n)
     return l->t->set_num_threads(n);
 }
 
+int metastep_set_backend_threads(int n)
+{
+    if (n >= 1)
+        return ms__backend_set_threads(n);
+    int prev = ms__backend_set_threads(1); /* a query: set and restore */
+    if (prev > 1)
+        ms__backend_set_threads(prev);
+    return prev;
+}
+
 ms_status metastep_unset_thread_backend(void)
 {
     if (tdepth == 0)

@@ -34,6 +34,38 @@ typedef ms_tensor *(*metastep_cost_fn)(const ms_container *batch, const ms_conta
  * releases, or NULL on failure. */
 typedef ms_container *(*metastep_batch_fn)(const ms_container *sub_batch, void *user);
 
+/* Running one meta step's tasks over several processes (MPI ranks, say), with
+ * results bit-identical to one process: each process computes the tasks
+ * [first, first + count) of the num_tasks and writes each task's contribution
+ * (its cost, its gradient contribution and, when return_inner_v asks for
+ * them, its adapted variables, with its status and error message) into a
+ * record of `record_bytes` bytes, record t for task t.  exchange() must then
+ * fill every other record with the bytes the process owning that task wrote
+ * (an all-gather: include/metastep/mpi.h does it with MPI_Allgatherv).  Every
+ * process then combines all num_tasks records in task order with the same
+ * code as one process, so cost, gradients and adapted variables equal one
+ * process's bit for bit, on every process.  The records are opaque bytes of
+ * one build of metastep (every process must run the same build and backend,
+ * with the same batch, variables and options).  A task that fails still has
+ * its record: the step fails on every process with the first failing task's
+ * status and message, after the exchange.  exchange returns MS_OK, or
+ * another status with a message recorded (ms_record_error), which the step
+ * returns.  A process whose step fails before its exchange (invalid
+ * arguments fail alike on every process; running out of memory does not)
+ * never calls exchange: the caller must then stop the others (with MPI,
+ * MPI_Abort, as metastep train does).  Only unbatched steps with
+ * stop_gradients can be sharded (a
+ * batched step computes all tasks as one batch, and sums over the task axis
+ * in the backend's order: it cannot be split bit-identically). */
+typedef ms_status (*metastep_exchange_fn)(void *ctx, void *records, size_t record_bytes,
+                                          int num_tasks, int first, int count);
+
+typedef struct metastep_shard {
+    int first, count;              /* this process's tasks: [first, first + count) */
+    metastep_exchange_fn exchange; /* fills the other processes' records */
+    void *ctx;                     /* handed to exchange */
+} metastep_shard;
+
 typedef enum metastep_return_inner {
     METASTEP_RETURN_INNER_NONE = 0, /* Ivy's False */
     METASTEP_RETURN_INNER_FIRST,    /* 'first': the first task's adapted variables */
@@ -129,6 +161,11 @@ typedef struct metastep_options {
      * Ivy defines it, and cannot be combined with step_weights).  A step
      * whose weight is 0 (other than the last) is not evaluated. */
     const double *step_weights;                         /* NULL */
+    /* NULL: every task runs here.  Otherwise this process runs the shard's
+     * tasks only and exchanges the rest (metastep_shard).  Errors:
+     * MS_ERR_INVALID_ARG for a batched step, stop_gradients off, or a range
+     * outside [0, num_tasks]; MS_ERR_NULL_ARG without exchange. */
+    const metastep_shard *shard;                       /* NULL */
 } metastep_options;
 
 #define METASTEP_OPTIONS_DEFAULT                                                            \
@@ -151,6 +188,7 @@ typedef struct metastep_reptile_options {
     bool stop_gradients;                               /* true */
     void *user;
     int threads; /* 0: one thread; as metastep_options.threads */
+    const metastep_shard *shard; /* NULL; as metastep_options.shard */
 } metastep_reptile_options;
 
 #define METASTEP_REPTILE_OPTIONS_DEFAULT                                                     \

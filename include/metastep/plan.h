@@ -49,7 +49,8 @@ typedef struct metastep_plan metastep_plan;
  * Errors: MS_ERR_NULL_ARG (inner_cost_fn / cost_fn, out); MS_ERR_INVALID_ARG
  * (stop_gradients off: the cost would keep a graph, which a replay does not
  * build; inner_learning_rates or step_weights set: they change every
- * meta-step and a trace would keep their first values; negative
+ * meta-step and a trace would keep their first values; a shard: its
+ * exchange hook would not run in a replay; negative
  * inner_grad_steps; a non-finite learning rate, or 0 for Reptile);
  * MS_ERR_NOMEM.  Everything else is checked by the first run, as
  * the step function checks it. */

@@ -45,6 +45,16 @@ ms_status metastep_set_thread_backend(const char *name);
 /* Pop this thread's override stack.  MS_ERR_INVALID_ARG when it is empty. */
 ms_status metastep_unset_thread_backend(void);
 
+/* The threads each kernel call of the calling thread's active backend may use
+ * internally (ABI 1.2 set_num_threads: OpenBLAS's threads, oneDNN's OpenMP
+ * threads): n >= 1 sets it for calls from this thread from now on (OpenBLAS's
+ * setting is process-wide, so there for every thread); n <= 0 only asks.
+ * Returns the count before the call, or 0 when the backend does not thread
+ * internally (then nothing is set).  The meta steps' worker pool sets 1 while
+ * tasks run on several threads and restores the count after; `metastep
+ * train --threads N` sets N, so that tasks x kernel threads stay within N. */
+int metastep_set_backend_threads(int n);
+
 /* Name of the active backend on this thread: the top of its own override
  * stack if it has one, else the process-wide stack's ("ref" by default); NULL with the error set if
  * the default named by METASTEP_BACKEND cannot be loaded.  The string is owned

@@ -1,0 +1,376 @@
+/* Sharded meta steps (metastep_options.shard), the hook behind
+ * include/metastep/mpi.h, simulated in one process: R "processes" each run
+ * their contiguous share of the tasks; a first pass captures every
+ * process's records, a second pass hands each process the others' records
+ * (as an all-gather would).  Every process's cost, gradients and adapted
+ * variables must equal the unsharded step's bit for bit (memcmp), for R = 1
+ * 1, 2, 3 and 7 (more processes than tasks), 1 and 2 threads, MAML, FOMAML
+ * and Reptile, with and without masks, batch functions, averaging across
+ * steps and returned adapted variables; a failing task fails every process
+ * with the unsharded step's status and message; invalid shards are refused.
+ * Runs once per backend (METASTEP_BACKEND). */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metastep/metastep.h"
+#include "testutil.h"
+
+enum { T = 6, P = 5, D = 3, H = 4 };
+
+static void put(ms_container *c, const char *key, ms_tensor *t)
+{
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(ms_container_set(c, key, t), MS_OK);
+    ms_release(t);
+}
+
+/* pred = tanh(x @ l/w + l/b) @ h/w; cost = mean((pred - y)^2) */
+static ms_tensor *cost_on(const ms_container *b, const ms_container *v, const char *x,
+                          const char *y)
+{
+    ms_tensor *hid = ms_tanh(ms_add(ms_matmul(ms_container_get(b, x), ms_container_get(v, "l/w")),
+                                    ms_container_get(v, "l/b")));
+    ms_tensor *pred = ms_matmul(hid, ms_container_get(v, "h/w"));
+    return ms_mean(ms_square(ms_sub(pred, ms_container_get(b, y))), 0, NULL, false);
+}
+
+/* Tasks whose id is in `failing` refuse (unbatched only: a sub-batch holds
+ * one id). */
+static int failing[2] = {-1, -1};
+
+static ms_tensor *inner_cost(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)u;
+    ms_tensor *id = ms_container_get(b, "id");
+    if (id && ms_tensor_numel(id) == 1) {
+        int t = (int)ms_tensor_item(id);
+        if (t == failing[0] || t == failing[1]) {
+            ms_record_error(MS_ERR_INVALID_ARG, "task %d refuses", t);
+            return NULL;
+        }
+    }
+    return cost_on(b, v, "xs", "ys");
+}
+
+static ms_tensor *outer_cost(const ms_container *b, const ms_container *v, void *u)
+{
+    (void)u;
+    return cost_on(b, v, "xq", "yq");
+}
+
+static ms_container *halve(const ms_container *b, void *u)
+{
+    (void)u;
+    return ms_container_mul_scalar(b, 0.5);
+}
+
+static ms_container *make_batch(void)
+{
+    ms_container *b = ms_container_new();
+    int64_t sx[3] = {T, P, D}, sy[3] = {T, P, 1}, sid[2] = {T, 1};
+    put(b, "xs", ms_random_uniform(MS_F32, 3, sx, -1, 1, 1));
+    put(b, "ys", ms_random_uniform(MS_F32, 3, sy, -1, 1, 2));
+    put(b, "xq", ms_random_uniform(MS_F32, 3, sx, -1, 1, 3));
+    put(b, "yq", ms_random_uniform(MS_F32, 3, sy, -1, 1, 4));
+    put(b, "id", ms_arange(MS_F32, 0, T, 1));
+    ms_container *r = ms_container_new();
+    for (int i = 0; i < ms_container_size(b); i++) {
+        ms_tensor *t = ms_container_at(b, i);
+        if (strcmp(ms_container_key(b, i), "id") == 0)
+            put(r, "id", ms_reshape(t, 2, sid));
+        else
+            ck_assert_int_eq(ms_container_set(r, ms_container_key(b, i), t), MS_OK);
+    }
+    ms_container_release(b);
+    return r;
+}
+
+static ms_container *make_vars(bool requires_grad)
+{
+    ms_container *v = ms_container_new();
+    int64_t sw[2] = {D, H}, sb[1] = {H}, sh[2] = {H, 1};
+    ms_tensor *w = ms_random_uniform(MS_F32, 2, sw, -1, 1, 5);
+    ms_tensor *b = ms_random_uniform(MS_F32, 1, sb, -0.5, 0.5, 6);
+    ms_tensor *h = ms_random_uniform(MS_F32, 2, sh, -1, 1, 7);
+    if (requires_grad) {
+        put(v, "l/w", ms_variable(w));
+        put(v, "l/b", ms_variable(b));
+        put(v, "h/w", ms_variable(h));
+        ms_release(w);
+        ms_release(b);
+        ms_release(h);
+    } else {
+        put(v, "l/w", w);
+        put(v, "l/b", b);
+        put(v, "h/w", h);
+    }
+    return v;
+}
+
+typedef struct cfg {
+    int alg; /* 0 maml, 1 fomaml, 2 reptile */
+    bool batched, mask, batch_fn, stop, avg, rg;
+    metastep_return_inner ret;
+} cfg;
+
+static const char *const head_only[] = {"h/w", NULL};
+
+static ms_status step(const cfg *c, const ms_container *batch, const ms_container *vars,
+                      int threads, const metastep_shard *shard, metastep_result *r)
+{
+    if (c->alg == 2) {
+        metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
+        o.batched = c->batched;
+        o.return_inner_v = c->ret;
+        o.stop_gradients = c->stop;
+        o.threads = threads;
+        o.shard = shard;
+        return metastep_reptile_step(batch, inner_cost, vars, 2, 0.1, &o, r);
+    }
+    metastep_options o = METASTEP_OPTIONS_DEFAULT;
+    o.batched = c->batched;
+    o.inner_v = c->mask ? head_only : NULL;
+    o.inner_batch_fn = c->batch_fn ? halve : NULL;
+    o.outer_batch_fn = c->batch_fn ? halve : NULL;
+    o.average_across_steps = c->avg;
+    o.return_inner_v = c->ret;
+    o.stop_gradients = c->stop;
+    o.threads = threads;
+    o.shard = shard;
+    return (c->alg == 0 ? metastep_maml_step : metastep_fomaml_step)(batch, inner_cost, outer_cost,
+                                                                      vars, 2, 0.1, &o, r);
+}
+
+static bool same_tensor(const ms_tensor *a, const ms_tensor *b)
+{
+    if (!a || !b)
+        return a == b;
+    if (ms_tensor_dtype(a) != ms_tensor_dtype(b) || ms_tensor_numel(a) != ms_tensor_numel(b) ||
+        ms_tensor_ndim(a) != ms_tensor_ndim(b))
+        return false;
+    return memcmp(ms_tensor_data(a), ms_tensor_data(b),
+                  (size_t)ms_tensor_numel(a) * ms_dtype_size(ms_tensor_dtype(a))) == 0;
+}
+
+static bool same_container(const ms_container *a, const ms_container *b)
+{
+    if (!a || !b)
+        return a == b;
+    if (ms_container_size(a) != ms_container_size(b))
+        return false;
+    for (int i = 0; i < ms_container_size(a); i++)
+        if (strcmp(ms_container_key(a, i), ms_container_key(b, i)) != 0 ||
+            !same_tensor(ms_container_at(a, i), ms_container_at(b, i)))
+            return false;
+    return true;
+}
+
+/* The simulated exchange: capture copies this process's records out (and
+ * fails the step); replay fills the others' records from the capture. */
+typedef struct sim {
+    char *all;    /* num_tasks records */
+    size_t bytes; /* of one record */
+    int n;
+    bool replay;
+} sim;
+
+static ms_status sim_exchange(void *ctx, void *records, size_t bytes, int n, int first, int count)
+{
+    sim *s = ctx;
+    if (!s->all) {
+        s->all = calloc((size_t)n, bytes);
+        s->bytes = bytes;
+        s->n = n;
+    }
+    ck_assert_uint_eq(bytes, s->bytes);
+    ck_assert_int_eq(n, s->n);
+    if (!s->replay) {
+        memcpy(s->all + (size_t)first * bytes, (char *)records + (size_t)first * bytes,
+               (size_t)count * bytes);
+        return ms_record_error(MS_ERR_IO, "captured");
+    }
+    for (int t = 0; t < n; t++)
+        if (t < first || t >= first + count)
+            memcpy((char *)records + (size_t)t * bytes, s->all + (size_t)t * bytes, bytes);
+        else /* this process's own records are the ones it captured */
+            ck_assert_int_eq(memcmp((char *)records + (size_t)t * bytes,
+                                    s->all + (size_t)t * bytes, bytes), 0);
+    return MS_OK;
+}
+
+static void share(int n, int ranks, int rank, int *first, int *count)
+{
+    int base = n / ranks, extra = n % ranks;
+    *first = rank * base + (rank < extra ? rank : extra);
+    *count = base + (rank < extra ? 1 : 0);
+}
+
+/* Run the step as R processes: 0 or the first failing status (message in
+ * msg); each process's result compared with ref when ref is non-NULL. */
+static ms_status run_sharded(const cfg *c, const ms_container *batch, const ms_container *vars,
+                             int R, int threads, const metastep_result *ref, char *msg,
+                             size_t cap)
+{
+    sim s = {0};
+    metastep_shard sh[16];
+    for (int r = 0; r < R; r++) {
+        share(T, R, r, &sh[r].first, &sh[r].count);
+        sh[r].exchange = sim_exchange;
+        sh[r].ctx = &s;
+        metastep_result out;
+        ms_clear_error();
+        ms_status st = step(c, batch, vars, threads, &sh[r], &out);
+        const char *m = NULL;
+        ms_last_error(&m);
+        ck_assert_msg(st == MS_ERR_IO, "capture of process %d of %d: %d %s", r, R, st, m);
+        ck_assert_ptr_null(out.cost);
+    }
+    s.replay = true;
+    ms_status first = MS_OK;
+    for (int r = 0; r < R; r++) {
+        metastep_result out;
+        ms_clear_error();
+        ms_status st = step(c, batch, vars, threads, &sh[r], &out);
+        const char *m = NULL;
+        ms_last_error(&m);
+        if (r == 0) {
+            first = st;
+            snprintf(msg, cap, "%s", m ? m : "");
+        } else {
+            ck_assert_int_eq(st, first);
+            ck_assert_str_eq(m ? m : "", msg);
+        }
+        if (st == MS_OK && ref)
+            ck_assert_msg(same_tensor(ref->cost, out.cost) && same_container(ref->grads, out.grads) &&
+                              same_container(ref->inner_v, out.inner_v),
+                          "alg %d mask %d batch_fn %d avg %d rg %d ret %d: process %d of %d "
+                          "(threads %d) differs from one process (cost %.9g vs %.9g)",
+                          c->alg, c->mask, c->batch_fn, c->avg, c->rg, (int)c->ret, r, R,
+                          threads, ms_tensor_item(ref->cost), ms_tensor_item(out.cost));
+        if (st != MS_OK)
+            ck_assert_ptr_null(out.cost);
+        metastep_result_release(&out);
+    }
+    free(s.all);
+    return first;
+}
+
+static int ncases;
+
+START_TEST(bit_identical)
+{
+    for (int m = 0; m < 32; m++) {
+        cfg c = {.alg = _i, .mask = m & 1, .batch_fn = m & 2, .stop = true, .avg = m & 4,
+                 .rg = m & 8, .ret = (metastep_return_inner)((m >> 4) ? (m % 3) : 0)};
+        if (c.alg == 2 && (c.mask || c.batch_fn || c.avg))
+            continue; /* Reptile takes none of these */
+        ms_container *batch = make_batch(), *vars = make_vars(c.rg);
+        metastep_result ref;
+        const char *msg = NULL;
+        ms_status st = step(&c, batch, vars, 0, NULL, &ref);
+        ms_last_error(&msg);
+        ck_assert_msg(st == MS_OK, "unsharded: %s", msg);
+        char m2[1024];
+        /* 7 processes for 6 tasks: one has none; 3 with 2 threads each */
+        const int runs[][2] = {{1, 1}, {2, 1}, {3, 1}, {7, 1}, {3, 2}};
+        for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++)
+            ck_assert_int_eq(run_sharded(&c, batch, vars, runs[k][0], runs[k][1], &ref, m2,
+                                         sizeof m2), MS_OK);
+        metastep_result_release(&ref);
+        ms_container_release(batch);
+        ms_container_release(vars);
+        ncases++;
+    }
+    ck_assert_int_gt(ncases, 0);
+}
+END_TEST
+
+/* Tasks 2 and 4 fail: every process reports task 2's status and message, as
+ * one process does, whichever process ran it. */
+START_TEST(first_failing_task_wins)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(false);
+    failing[0] = 2;
+    failing[1] = 4;
+    for (int alg = 0; alg < 3; alg++) {
+        cfg c = {.alg = alg, .stop = true};
+        metastep_result r;
+        ms_clear_error();
+        ms_status st0 = step(&c, batch, vars, 0, NULL, &r);
+        const char *m = NULL;
+        ms_last_error(&m);
+        char msg0[1024], msg[1024];
+        snprintf(msg0, sizeof msg0, "%s", m);
+        ck_assert_int_ne(st0, MS_OK);
+        ck_assert_ptr_nonnull(strstr(msg0, "task 2 refuses"));
+        for (int R = 1; R <= 4; R++)
+            for (int th = 1; th <= 2; th++) {
+                ck_assert_int_eq(run_sharded(&c, batch, vars, R, th, NULL, msg, sizeof msg), st0);
+                ck_assert_str_eq(msg, msg0);
+            }
+    }
+    failing[0] = failing[1] = -1;
+    ms_clear_error();
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
+static ms_status never(void *ctx, void *records, size_t bytes, int n, int first, int count)
+{
+    (void)ctx, (void)records, (void)bytes, (void)n, (void)first, (void)count;
+    ck_abort_msg("exchange called for an invalid shard");
+    return MS_ERR_INTERNAL;
+}
+
+START_TEST(invalid_shards_refused)
+{
+    ms_container *batch = make_batch(), *vars = make_vars(false);
+    metastep_result r;
+    const char *m = NULL;
+    cfg c = {.alg = 1, .stop = true};
+    metastep_shard bad[] = {{-1, 2, never, NULL}, {0, T + 1, never, NULL}, {T, 1, never, NULL},
+                            {2, -1, never, NULL}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ms_clear_error();
+        ck_assert_int_eq(step(&c, batch, vars, 1, &bad[i], &r), MS_ERR_INVALID_ARG);
+        ms_last_error(&m);
+        ck_assert_ptr_nonnull(strstr(m, "outside the 6 tasks"));
+    }
+    metastep_shard ok = {0, 3, never, NULL}, none = {0, 3, NULL, NULL};
+    ms_clear_error();
+    ck_assert_int_eq(step(&c, batch, vars, 1, &none, &r), MS_ERR_NULL_ARG);
+    ms_clear_error();
+    c.batched = true;
+    ck_assert_int_eq(step(&c, batch, vars, 1, &ok, &r), MS_ERR_INVALID_ARG);
+    ms_last_error(&m);
+    ck_assert_ptr_nonnull(strstr(m, "batched step cannot be sharded"));
+    c.batched = false;
+    c.stop = false;
+    for (int alg = 0; alg < 3; alg++) {
+        c.alg = alg;
+        ms_clear_error();
+        ck_assert_int_eq(step(&c, batch, vars, 1, &ok, &r), MS_ERR_INVALID_ARG);
+        ms_last_error(&m);
+        ck_assert_ptr_nonnull(strstr(m, "stop_gradients off"));
+    }
+    ms_clear_error();
+    ms_container_release(batch);
+    ms_container_release(vars);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("meta_shard");
+    TCase *tc = tcase_create("shard");
+    tcase_add_checked_fixture(tc, setup_live, teardown_live);
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, bit_identical, 0, 3);
+    tcase_add_test(tc, first_failing_task_wins);
+    tcase_add_test(tc, invalid_shards_refused);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
