@@ -364,6 +364,10 @@ END_TEST
 
 int main(void)
 {
+    /* results do not depend on kernel threads; one keeps oneDNN's OpenMP
+     * threads from spinning against the task threads and the other suites
+     * of a parallel run (under ASan such a run exceeded the timeout) */
+    metastep_set_backend_threads(1);
     Suite *s = suite_create("meta_shard");
     TCase *tc = tcase_create("shard");
     tcase_add_checked_fixture(tc, setup_live, teardown_live);
