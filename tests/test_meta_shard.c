@@ -19,55 +19,6 @@
 
 #include "six_tasks.h"
 
-static ms_status step(const cfg *c, const ms_container *batch, const ms_container *vars,
-                      int threads, const metastep_shard *shard, metastep_result *r)
-{
-    if (c->alg == 2) {
-        metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
-        o.batched = c->batched;
-        o.return_inner_v = c->ret;
-        o.stop_gradients = c->stop;
-        o.threads = threads;
-        o.shard = shard;
-        return metastep_reptile_step(batch, inner_cost, vars, 2, 0.1, &o, r);
-    }
-    metastep_options o = METASTEP_OPTIONS_DEFAULT;
-    o.batched = c->batched;
-    o.inner_v = c->mask ? head_only : NULL;
-    o.inner_batch_fn = c->batch_fn ? halve : NULL;
-    o.outer_batch_fn = c->batch_fn ? halve : NULL;
-    o.average_across_steps = c->avg;
-    o.return_inner_v = c->ret;
-    o.stop_gradients = c->stop;
-    o.threads = threads;
-    o.shard = shard;
-    return (c->alg == 0 ? metastep_maml_step : metastep_fomaml_step)(batch, inner_cost, outer_cost,
-                                                                      vars, 2, 0.1, &o, r);
-}
-
-static bool same_tensor(const ms_tensor *a, const ms_tensor *b)
-{
-    if (!a || !b)
-        return a == b;
-    if (ms_tensor_dtype(a) != ms_tensor_dtype(b) || ms_tensor_numel(a) != ms_tensor_numel(b) ||
-        ms_tensor_ndim(a) != ms_tensor_ndim(b))
-        return false;
-    return memcmp(ms_tensor_data(a), ms_tensor_data(b),
-                  (size_t)ms_tensor_numel(a) * ms_dtype_size(ms_tensor_dtype(a))) == 0;
-}
-
-static bool same_container(const ms_container *a, const ms_container *b)
-{
-    if (!a || !b)
-        return a == b;
-    if (ms_container_size(a) != ms_container_size(b))
-        return false;
-    for (int i = 0; i < ms_container_size(a); i++)
-        if (strcmp(ms_container_key(a, i), ms_container_key(b, i)) != 0 ||
-            !same_tensor(ms_container_at(a, i), ms_container_at(b, i)))
-            return false;
-    return true;
-}
 
 /* The simulated exchange: capture copies this process's records out (and
  * fails the step); replay fills the others' records from the capture. */

@@ -16,53 +16,6 @@
 
 #include "six_tasks.h"
 
-static ms_status step(const cfg *c, const ms_container *batch, const ms_container *vars,
-                      int threads, metastep_result *r)
-{
-    if (c->alg == 2) {
-        metastep_reptile_options o = METASTEP_REPTILE_OPTIONS_DEFAULT;
-        o.batched = c->batched;
-        o.return_inner_v = c->ret;
-        o.stop_gradients = c->stop;
-        o.threads = threads;
-        return metastep_reptile_step(batch, inner_cost, vars, 2, 0.1, &o, r);
-    }
-    metastep_options o = METASTEP_OPTIONS_DEFAULT;
-    o.batched = c->batched;
-    o.inner_v = c->mask ? head_only : NULL;
-    o.inner_batch_fn = c->batch_fn ? halve : NULL;
-    o.outer_batch_fn = c->batch_fn ? halve : NULL;
-    o.average_across_steps = c->avg;
-    o.return_inner_v = c->ret;
-    o.stop_gradients = c->stop;
-    o.threads = threads;
-    return (c->alg == 0 ? metastep_maml_step : metastep_fomaml_step)(batch, inner_cost, outer_cost,
-                                                                      vars, 2, 0.1, &o, r);
-}
-
-static bool same_tensor(const ms_tensor *a, const ms_tensor *b)
-{
-    if (!a || !b)
-        return a == b;
-    if (ms_tensor_dtype(a) != ms_tensor_dtype(b) || ms_tensor_numel(a) != ms_tensor_numel(b) ||
-        ms_tensor_ndim(a) != ms_tensor_ndim(b))
-        return false;
-    return memcmp(ms_tensor_data(a), ms_tensor_data(b),
-                  (size_t)ms_tensor_numel(a) * ms_dtype_size(ms_tensor_dtype(a))) == 0;
-}
-
-static bool same_container(const ms_container *a, const ms_container *b)
-{
-    if (!a || !b)
-        return a == b;
-    if (ms_container_size(a) != ms_container_size(b))
-        return false;
-    for (int i = 0; i < ms_container_size(a); i++)
-        if (strcmp(ms_container_key(a, i), ms_container_key(b, i)) != 0 ||
-            !same_tensor(ms_container_at(a, i), ms_container_at(b, i)))
-            return false;
-    return true;
-}
 
 static int ncases;
 
@@ -71,12 +24,12 @@ static void check_case(const cfg *c)
     ms_container *batch = make_batch(), *vars = make_vars(c->rg);
     metastep_result ref;
     const char *msg = NULL;
-    ms_status st = step(c, batch, vars, 0, &ref);
+    ms_status st = step(c, batch, vars, 0, NULL, &ref);
     ms_last_error(&msg);
     ck_assert_msg(st == MS_OK, "threads 0: %s", msg);
     for (int th = 1; th <= 4; th++) {
         metastep_result r;
-        st = step(c, batch, vars, th, &r);
+        st = step(c, batch, vars, th, NULL, &r);
         ms_last_error(&msg);
         ck_assert_msg(st == MS_OK, "threads %d: %s", th, msg);
         ck_assert_msg(same_tensor(ref.cost, r.cost) && same_container(ref.grads, r.grads) &&
@@ -117,7 +70,7 @@ START_TEST(first_failing_task_wins)
         cfg c = {.alg = alg, .stop = true};
         metastep_result r;
         ms_clear_error();
-        ms_status st0 = step(&c, batch, vars, 0, &r);
+        ms_status st0 = step(&c, batch, vars, 0, NULL, &r);
         const char *m = NULL;
         ms_last_error(&m);
         char msg0[1024];
@@ -128,7 +81,7 @@ START_TEST(first_failing_task_wins)
         for (int th = 1; th <= 4; th++) {
             for (int rep = 0; rep < 5; rep++) {
                 ms_clear_error();
-                ms_status st = step(&c, batch, vars, th, &r);
+                ms_status st = step(&c, batch, vars, th, NULL, &r);
                 ms_last_error(&m);
                 ck_assert_int_eq(st, st0);
                 ck_assert_str_eq(m, msg0);
@@ -152,8 +105,8 @@ START_TEST(workers_follow_the_callers_backend)
     cfg c = {.alg = 0, .stop = true, .ret = METASTEP_RETURN_INNER_ALL};
     ck_assert_int_eq(metastep_set_thread_backend("ref"), MS_OK);
     metastep_result a, b;
-    ck_assert_int_eq(step(&c, batch, vars, 0, &a), MS_OK);
-    ck_assert_int_eq(step(&c, batch, vars, 3, &b), MS_OK);
+    ck_assert_int_eq(step(&c, batch, vars, 0, NULL, &a), MS_OK);
+    ck_assert_int_eq(step(&c, batch, vars, 3, NULL, &b), MS_OK);
     ck_assert_int_eq(metastep_unset_thread_backend(), MS_OK);
     ck_assert(same_tensor(a.cost, b.cost) && same_container(a.grads, b.grads) &&
               same_container(a.inner_v, b.inner_v));
@@ -169,7 +122,7 @@ START_TEST(negative_threads_refused)
     ms_container *batch = make_batch(), *vars = make_vars(false);
     cfg c = {.alg = 1};
     metastep_result r;
-    ck_assert_int_eq(step(&c, batch, vars, -1, &r), MS_ERR_INVALID_ARG);
+    ck_assert_int_eq(step(&c, batch, vars, -1, NULL, &r), MS_ERR_INVALID_ARG);
     ms_clear_error();
     ms_container_release(batch);
     ms_container_release(vars);
@@ -183,7 +136,7 @@ START_TEST(shutdown_and_restart)
     cfg c = {.alg = 1, .stop = true};
     for (int k = 0; k < 3; k++) {
         metastep_result r;
-        ck_assert_int_eq(step(&c, batch, vars, 2 + k, &r), MS_OK);
+        ck_assert_int_eq(step(&c, batch, vars, 2 + k, NULL, &r), MS_OK);
         metastep_result_release(&r);
         metastep_shutdown_threads();
     }
