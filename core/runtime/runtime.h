@@ -64,7 +64,6 @@ MS_HIDDEN int ms__tape_input(ms_tape *t, const void *block, size_t bytes, int sl
 /* Mark the recording as not replayable, with the reason (the first wins). */
 MS_HIDDEN void ms__tape_refuse(const char *why);
 MS_HIDDEN const char *ms__tape_why(const ms_tape *t);
-MS_HIDDEN ms_status ms__tape_status(const ms_tape *t);
 /* Where an output's bytes are after a replay (call after recording, while
  * the output's block is alive): buffer id and offset. */
 MS_HIDDEN ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id,

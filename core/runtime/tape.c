@@ -566,8 +566,6 @@ static bool all_finite(const void *p, int64_t n, ms_dtype dt)
     return !bad;
 }
 
-ms_status ms__tape_status(const ms_tape *t) { return t->err; }
-
 static void dims(FILE *f, int ndim, const int64_t *v)
 {
     fputc('(', f);
