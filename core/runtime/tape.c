@@ -25,66 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime.h"
-
-enum { OP_HOSTCOPY = MS_KERNEL_COUNT, OP_RESTORE, OP_CHECK };
-enum { TB_INPUT, TB_TEMP, TB_CONST };
-
-typedef struct tref {
-    int32_t buf; /* -1: a NULL pointer */
-    int64_t off; /* bytes from the buffer's base */
-} tref;
-
-typedef struct tape_op {
-    int kind, sub, ndim;
-    ms_dtype dt;
-    bool f0, f1;
-    uint32_t axes;
-    int64_t shape[MS_MAX_DIMS];
-    int64_t st[3][MS_MAX_DIMS];
-    int64_t i[10];
-    double d[2];
-    ms_conv2d_desc cd;
-    tref p[4];
-} tape_op;
-
-typedef struct tbuf {
-    int kind, slot;
-    const char *start; /* while recording: the block (inputs, temporaries) */
-    size_t size;
-    int64_t lo, hi; /* byte range touched, from the base */
-    int first, last; /* op indices */
-    bool written;
-    void *snap;        /* constants: the data; temporaries: content to restore */
-    size_t arena_off;  /* temporaries */
-} tbuf;
-
-typedef struct live_block {
-    const char *start;
-    size_t size;
-    int id; /* buffer id, -1 until a recorded op touches it */
-} live_block;
-
-struct ms_tape {
-    tape_op *ops;
-    int nops, capops;
-    tbuf *bufs;
-    int nbufs, capbufs;
-    live_block *live;
-    int nlive, caplive;
-    char *arena;
-    size_t arena_bytes;
-    char **base; /* per buffer, for the current replay */
-    ms_status err;
-    char why[320]; /* why the recording cannot be replayed ("" when it can) */
-    bool finished;
-};
+#include "runtime/tape_impl.h"
 
 _Thread_local ms_tape *ms__tape_cur;
 #define cur ms__tape_cur
 
-/* ms_dtype_size lives in the tensor layer, above this one. */
-static size_t dtype_bytes(ms_dtype dt) { return dt == MS_F64 ? 8 : 4; }
 
 ms_tape *ms__tape_new(void) { return calloc(1, sizeof(ms_tape)); }
 
@@ -295,41 +240,13 @@ static tref resolve(ms_tape *t, const void *ptr, int64_t lo, int64_t hi, bool wr
     return (tref){l->id, off};
 }
 
-/* Byte extent [lo, hi) of a strided access from its pointer. */
-static void extent(int ndim, const int64_t *shape, const int64_t *st, size_t es, int64_t *lo,
-                   int64_t *hi)
-{
-    int64_t a = 0, b = 0;
-    for (int d = 0; d < ndim; d++) {
-        if (shape[d] == 0) {
-            *lo = *hi = 0;
-            return;
-        }
-        int64_t s = (shape[d] - 1) * st[d];
-        if (s < 0)
-            a += s;
-        else
-            b += s;
-    }
-    *lo = a * (int64_t)es;
-    *hi = (b + 1) * (int64_t)es;
-}
-
-static int64_t prod(int ndim, const int64_t *shape)
-{
-    int64_t n = 1;
-    for (int d = 0; d < ndim; d++)
-        n *= shape[d];
-    return n;
-}
-
 static tref rd(ms_tape *t, const void *p, int64_t bytes) { return resolve(t, p, 0, bytes, false); }
 static tref wr(ms_tape *t, const void *p, int64_t bytes) { return resolve(t, p, 0, bytes, true); }
 static tref rds(ms_tape *t, const void *p, int ndim, const int64_t *shape, const int64_t *st,
                 size_t es, bool write)
 {
     int64_t lo, hi;
-    extent(ndim, shape, st, es, &lo, &hi);
+    ms__tape_extent(ndim, shape, st, es, &lo, &hi);
     return resolve(t, p, lo, hi, write);
 }
 
@@ -351,7 +268,7 @@ static void set_shape(tape_op *o, int ndim, const int64_t *shape)
     o.dt = DT;                                                                               \
     o.ndim = NDIM;                                                                           \
     set_shape(&o, NDIM, SHAPE);                                                              \
-    size_t es = dtype_bytes(DT);                                                           \
+    size_t es = ms__tape_dtype_bytes(DT);                                                           \
     (void)es;
 #define REC_END                                                                              \
     tape_op *slot = t->err ? NULL : append(t);                                               \
@@ -379,7 +296,7 @@ ms_status ms__tape_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_t 
     memcpy(o.st[1], sb, (size_t)ndim * sizeof *sb);
     o.p[0] = rds(t, a, ndim, shape, sa, es, false);
     o.p[1] = rds(t, b, ndim, shape, sb, es, false);
-    o.p[2] = wr(t, y, prod(ndim, shape) * (int64_t)es);
+    o.p[2] = wr(t, y, ms__tape_prod(ndim, shape) * (int64_t)es);
     REC_END
 }
 
@@ -393,7 +310,7 @@ ms_status ms__tape_reduce(ms_reduce_op op, ms_dtype dt, int ndim, const int64_t 
     for (int d = 0; d < ndim; d++)
         if (!(axes & (1u << d)))
             ny *= shape[d];
-    o.p[0] = rd(t, x, prod(ndim, shape) * (int64_t)es);
+    o.p[0] = rd(t, x, ms__tape_prod(ndim, shape) * (int64_t)es);
     o.p[1] = wr(t, y, ny * (int64_t)es);
     REC_END
 }
@@ -482,7 +399,7 @@ ms_status ms__tape_where(ms_dtype dt, int ndim, const int64_t *shape, const void
     o.p[0] = rds(t, c, ndim, shape, sc, es, false);
     o.p[1] = rds(t, a, ndim, shape, sa, es, false);
     o.p[2] = rds(t, b, ndim, shape, sb, es, false);
-    o.p[3] = wr(t, y, prod(ndim, shape) * (int64_t)es);
+    o.p[3] = wr(t, y, ms__tape_prod(ndim, shape) * (int64_t)es);
     REC_END
 }
 
@@ -548,7 +465,7 @@ void ms__tape_check(const void *data, int64_t n, ms_dtype dt)
     o.kind = OP_CHECK;
     o.dt = dt;
     o.i[0] = n;
-    o.p[0] = rd(t, data, n * (int64_t)dtype_bytes(dt));
+    o.p[0] = rd(t, data, n * (int64_t)ms__tape_dtype_bytes(dt));
     tape_op *slot = t->err ? NULL : append(t);
     if (slot)
         *slot = o, t->nops++;
@@ -627,6 +544,12 @@ ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id, in
         return MS_ERR_INVALID_ARG;
     /* an output lives to the end */
     t->bufs[r.buf].last = t->nops;
+    tbuf *b = &t->bufs[r.buf];
+    if (!b->output || r.off < b->olo)
+        b->olo = r.off;
+    if (!b->output || r.off + (int64_t)bytes > b->ohi)
+        b->ohi = r.off + (int64_t)bytes;
+    b->output = true;
     *id = r.buf;
     *off = r.off;
     return MS_OK;
@@ -719,6 +642,14 @@ ms_status ms__tape_finish(ms_tape *t)
 {
     if (t->err)
         return t->err;
+    /* METASTEP_PLAN_OPTIMIZE=0 replays the recording as it is (to measure
+     * what the rewriting saves) */
+    const char *opt = getenv("METASTEP_PLAN_OPTIMIZE");
+    if (!(opt && strcmp(opt, "0") == 0)) {
+        ms_status st = ms__tape_optimize(t);
+        if (st != MS_OK)
+            return st;
+    }
     const int nops = t->nops + 1; /* outputs live to index nops - 1 */
     int *starts = calloc((size_t)nops + 1, sizeof *starts); /* temporaries by first use */
     int *ends = calloc((size_t)nops + 1, sizeof *ends);     /* ... and by last use */

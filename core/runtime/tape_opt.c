@@ -1,0 +1,344 @@
+/* Rewriting a finished kernel tape before its arena is planned, so that a
+ * replay does less and still writes the same bytes as the eager step.
+ *
+ * Two passes, both exact by construction (no arithmetic is changed, only
+ * which copy of the same bytes an operation reads, and whether an operation
+ * whose result nobody reads runs at all):
+ *   - copy forwarding: an operation that reads the destination of a plain
+ *     copy (a host copy between tensors, or a contiguous copy kernel) reads
+ *     the copy's source instead, when the destination is a temporary that
+ *     nothing else writes and the source is not written before the last such
+ *     read.  The eager frontend copies tensors whole where it cannot share
+ *     them (a task's view of the variables, a detached or reshaped result),
+ *     so a loop step records about as many copies as arithmetic;
+ *   - dead operations: an operation whose writes all land in temporaries no
+ *     later operation reads (and no caller reads after the replay) is
+ *     dropped, from the end backwards, so whole chains go: the forwarded
+ *     copies, and results the eager step computes and never uses.
+ * Finiteness checks are never dropped: a replay makes every check the eager
+ * step made, at the same point.  A forwarded read keeps its address modulo
+ * 64 bytes, so every kernel sees operands aligned exactly as in the eager
+ * step.  Afterwards every temporary's lifetime and byte range are recomputed
+ * from the remaining operations, so the arena shrinks with them.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/tape_impl.h"
+
+/* One range of bytes an operation reads or writes through its pointer p[ref],
+ * from the buffer's base. */
+typedef struct acc {
+    int op, ref;
+    bool write;
+    int64_t lo, hi;
+} acc;
+
+enum { MAX_ACC = 6 };
+
+/* The non-empty byte ranges operation o touches, reads before writes, as the
+ * recorders in tape.c resolved them. */
+static int accesses(const ms_tape *t, const tape_op *o, int op, acc *a)
+{
+    const int64_t es = (int64_t)ms__tape_dtype_bytes(o->dt);
+    const int64_t *i = o->i;
+    const ms_conv2d_desc *d = &o->cd;
+    int n = 0;
+#define DENSE(K, W, BYTES) (a[n++] = (acc){op, K, W, 0, (BYTES)})
+#define STRIDED(K, W, ST)                                                                        \
+    do {                                                                                         \
+        a[n] = (acc){op, K, W, 0, 0};                                                            \
+        ms__tape_extent(o->ndim, o->shape, ST, (size_t)es, &a[n].lo, &a[n].hi);                  \
+        n++;                                                                                     \
+    } while (0)
+    const int64_t all = ms__tape_prod(o->ndim, o->shape) * es;
+    switch (o->kind) {
+    case MS_KERNEL_UNARY:
+        DENSE(0, false, i[0] * es);
+        DENSE(1, true, i[0] * es);
+        break;
+    case MS_KERNEL_BINARY:
+        STRIDED(0, false, o->st[0]);
+        STRIDED(1, false, o->st[1]);
+        DENSE(2, true, all);
+        break;
+    case MS_KERNEL_REDUCE: {
+        int64_t ny = 1;
+        for (int k = 0; k < o->ndim; k++)
+            if (!(o->axes & (1u << k)))
+                ny *= o->shape[k];
+        DENSE(0, false, all);
+        DENSE(1, true, ny * es);
+        break;
+    }
+    case MS_KERNEL_GEMM: {
+        /* i = batch, m, n, k, lda, sa, ldb, sb, ldc, sc */
+        int64_t ea = 0, eb = 0, ec = 0;
+        if (i[0] > 0 && i[1] > 0 && i[2] > 0) {
+            if (i[3] > 0) {
+                ea = (i[0] - 1) * i[5] + (o->f0 ? (i[3] - 1) * i[4] + i[1] : (i[1] - 1) * i[4] + i[3]);
+                eb = (i[0] - 1) * i[7] + (o->f1 ? (i[2] - 1) * i[6] + i[3] : (i[3] - 1) * i[6] + i[2]);
+            }
+            ec = (i[0] - 1) * i[9] + (i[1] - 1) * i[8] + i[2];
+        }
+        DENSE(0, false, ea * es);
+        DENSE(1, false, eb * es);
+        if (o->d[1] != 0)
+            DENSE(2, false, ec * es);
+        DENSE(2, true, ec * es);
+        break;
+    }
+    case MS_KERNEL_COPY:
+        STRIDED(0, false, o->st[0]);
+        STRIDED(1, true, o->st[1]);
+        break;
+    case MS_KERNEL_SOFTMAX:
+        DENSE(0, false, i[0] * i[1] * i[2] * es);
+        DENSE(1, true, i[0] * i[1] * i[2] * es);
+        break;
+    case MS_KERNEL_FILL:
+        STRIDED(0, true, o->st[0]);
+        break;
+    case MS_KERNEL_ARANGE:
+        DENSE(0, true, i[0] * es);
+        break;
+    case MS_KERNEL_WHERE:
+        STRIDED(0, false, o->st[0]);
+        STRIDED(1, false, o->st[1]);
+        STRIDED(2, false, o->st[2]);
+        DENSE(3, true, all);
+        break;
+    case MS_KERNEL_CONV2D:
+        DENSE(0, false, d->n * d->c * d->h * d->w * es);
+        DENSE(1, false, d->o * d->c * d->kh * d->kw * es);
+        DENSE(2, false, d->o * es);
+        DENSE(3, true, d->n * d->o * d->oh * d->ow * es);
+        break;
+    case MS_KERNEL_CONV2D_BWD_DATA:
+        DENSE(0, false, d->n * d->o * d->oh * d->ow * es);
+        DENSE(1, false, d->o * d->c * d->kh * d->kw * es);
+        DENSE(2, true, d->n * d->c * d->h * d->w * es);
+        break;
+    case MS_KERNEL_CONV2D_BWD_WEIGHTS:
+        DENSE(0, false, d->n * d->c * d->h * d->w * es);
+        DENSE(1, false, d->n * d->o * d->oh * d->ow * es);
+        DENSE(2, true, d->o * d->c * d->kh * d->kw * es);
+        break;
+    case OP_HOSTCOPY:
+        DENSE(0, false, i[0]);
+        DENSE(1, true, i[0]);
+        break;
+    case OP_CHECK:
+        DENSE(0, false, i[0] * es);
+        break;
+    case OP_RESTORE:
+        DENSE(0, true, (int64_t)t->bufs[o->p[0].buf].size);
+        break;
+    default:
+        break;
+    }
+#undef DENSE
+#undef STRIDED
+    int m = 0;
+    for (int k = 0; k < n; k++) {
+        const tref *r = &o->p[a[k].ref];
+        if (r->buf < 0 || a[k].hi <= a[k].lo)
+            continue;
+        a[m] = a[k];
+        a[m].lo += r->off;
+        a[m].hi += r->off;
+        m++;
+    }
+    return m;
+}
+
+/* Every access of the tape, grouped by buffer in operation order. */
+typedef struct by_buf {
+    acc *a;
+    int *start; /* buffer b's accesses: a[start[b] .. start[b + 1]) */
+} by_buf;
+
+static ms_status group(const ms_tape *t, by_buf *g)
+{
+    acc tmp[MAX_ACC];
+    g->start = calloc((size_t)t->nbufs + 2, sizeof *g->start);
+    int total = 0;
+    for (int k = 0; g->start && k < t->nops; k++) {
+        int n = accesses(t, &t->ops[k], k, tmp);
+        for (int j = 0; j < n; j++)
+            g->start[t->ops[k].p[tmp[j].ref].buf + 2]++;
+        total += n;
+    }
+    g->a = malloc(((size_t)total + 1) * sizeof *g->a);
+    if (!g->start || !g->a)
+        return MS_ERR_NOMEM;
+    for (int b = 0; b < t->nbufs; b++)
+        g->start[b + 2] += g->start[b + 1];
+    for (int k = 0; k < t->nops; k++) {
+        int n = accesses(t, &t->ops[k], k, tmp);
+        for (int j = 0; j < n; j++)
+            g->a[g->start[t->ops[k].p[tmp[j].ref].buf + 1]++] = tmp[j];
+    }
+    return MS_OK;
+}
+
+/* A plain copy of n bytes from *src to *dst: a host copy, or a copy kernel
+ * whose both sides are dense and in the same order. */
+static bool plain_copy(const tape_op *o, tref *src, tref *dst, int64_t *n)
+{
+    if (o->kind == OP_HOSTCOPY) {
+        *n = o->i[0];
+    } else if (o->kind == MS_KERNEL_COPY) {
+        int64_t want = 1;
+        for (int d = o->ndim - 1; d >= 0; d--) {
+            if (o->shape[d] != 1 && (o->st[0][d] != want || o->st[1][d] != want))
+                return false;
+            want *= o->shape[d];
+        }
+        *n = want * (int64_t)ms__tape_dtype_bytes(o->dt);
+    } else {
+        return false;
+    }
+    *src = o->p[0];
+    *dst = o->p[1];
+    return *n > 0 && src->buf >= 0 && dst->buf >= 0 && src->buf != dst->buf;
+}
+
+/* Forward the copy at op k when it is safe (see the top of this file). */
+static void forward(ms_tape *t, const by_buf *g, int k)
+{
+    tref s, dst;
+    int64_t n;
+    if (!plain_copy(&t->ops[k], &s, &dst, &n))
+        return;
+    const tbuf *db = &t->bufs[dst.buf];
+    if (db->kind != TB_TEMP || db->snap || t->bufs[s.buf].kind == TB_CONST ||
+        (s.off - dst.off) % 64 != 0)
+        return;
+    /* the destination: written by this copy only, then read inside it */
+    int last = -1;
+    for (int j = g->start[dst.buf]; j < g->start[dst.buf + 1]; j++) {
+        const acc *e = &g->a[j];
+        if (e->op == k && e->write)
+            continue;
+        if (e->write || e->op <= k || e->lo < dst.off || e->hi > dst.off + n)
+            return;
+        last = e->op;
+    }
+    if (last < 0)
+        return; /* nothing reads it: the dead-operation pass drops the copy */
+    /* the source: not written until the last read (included: that op must
+     * not read and write the same bytes) */
+    for (int j = g->start[s.buf]; j < g->start[s.buf + 1]; j++) {
+        const acc *e = &g->a[j];
+        if (e->write && e->op > k && e->op <= last && e->lo < s.off + n && e->hi > s.off)
+            return;
+    }
+    for (int j = g->start[dst.buf]; j < g->start[dst.buf + 1]; j++) {
+        tape_op *o = &t->ops[g->a[j].op];
+        if (g->a[j].op == k)
+            continue;
+        for (int r = 0; r < 4; r++)
+            if (o->p[r].buf == dst.buf) {
+                o->p[r].buf = s.buf;
+                o->p[r].off += s.off - dst.off;
+            }
+    }
+}
+
+/* Drop operations nothing reads; mark them with kind -1. */
+static ms_status drop_dead(ms_tape *t)
+{
+    int *reads = calloc((size_t)t->nbufs + 1, sizeof *reads); /* by later live ops */
+    if (!reads)
+        return MS_ERR_NOMEM;
+    acc a[MAX_ACC];
+    for (int k = t->nops - 1; k >= 0; k--) {
+        tape_op *o = &t->ops[k];
+        int n = accesses(t, o, k, a);
+        bool dead = o->kind != OP_CHECK;
+        int writes = 0;
+        for (int j = 0; j < n && dead; j++) {
+            if (!a[j].write)
+                continue;
+            const tbuf *b = &t->bufs[o->p[a[j].ref].buf];
+            writes++;
+            dead = b->kind == TB_TEMP && !b->output && reads[o->p[a[j].ref].buf] == 0;
+        }
+        if (dead && writes) {
+            o->kind = -1;
+            continue;
+        }
+        for (int j = 0; j < n; j++)
+            if (!a[j].write)
+                reads[o->p[a[j].ref].buf]++;
+    }
+    free(reads);
+    return MS_OK;
+}
+
+/* Remove the dropped operations and recompute each temporary's first and
+ * last use and its byte range from what remains. */
+static void compact(ms_tape *t)
+{
+    int m = 0;
+    for (int k = 0; k < t->nops; k++)
+        if (t->ops[k].kind >= 0)
+            t->ops[m++] = t->ops[k];
+    t->nops = m;
+    for (int i = 0; i < t->nbufs; i++) {
+        tbuf *b = &t->bufs[i];
+        if (b->kind != TB_TEMP)
+            continue;
+        b->first = b->last = -1;
+        b->lo = INT64_MAX;
+        b->hi = 0;
+    }
+    acc a[MAX_ACC];
+    for (int k = 0; k < t->nops; k++) {
+        int n = accesses(t, &t->ops[k], k, a);
+        for (int j = 0; j < n; j++) {
+            tbuf *b = &t->bufs[t->ops[k].p[a[j].ref].buf];
+            if (b->kind != TB_TEMP)
+                continue;
+            if (a[j].lo < b->lo)
+                b->lo = a[j].lo;
+            if (a[j].hi > b->hi)
+                b->hi = a[j].hi;
+            if (b->first < 0)
+                b->first = k;
+            b->last = k;
+        }
+    }
+    for (int i = 0; i < t->nbufs; i++) {
+        tbuf *b = &t->bufs[i];
+        if (b->kind != TB_TEMP)
+            continue;
+        if (b->output) {
+            if (b->olo < b->lo)
+                b->lo = b->olo;
+            if (b->ohi > b->hi)
+                b->hi = b->ohi;
+            if (b->first < 0)
+                b->first = t->nops;
+            b->last = t->nops;
+        }
+        if (b->first < 0) /* nothing touches it any more: an empty slot */
+            b->lo = b->hi = 0;
+    }
+}
+
+ms_status ms__tape_optimize(ms_tape *t)
+{
+    by_buf g = {0};
+    ms_status st = group(t, &g);
+    for (int k = 0; st == MS_OK && k < t->nops; k++)
+        forward(t, &g, k);
+    free(g.a);
+    free(g.start);
+    if (st == MS_OK)
+        st = drop_dead(t);
+    if (st == MS_OK)
+        compact(t);
+    return st;
+}
