@@ -288,6 +288,20 @@ uint64_t metastep_fallback_count(const char *backend, int kernel)
     return s;
 }
 
+const ms_backend *ms__active_table(void)
+{
+    ms_loaded *l = active_backend();
+    return l ? l->t : NULL;
+}
+
+void ms__count_fallbacks(const uint64_t *n)
+{
+    ms_loaded *l = active_backend();
+    for (int k = 0; l && k < MS_KERNEL_COUNT; k++)
+        if (n[k])
+            atomic_fetch_add_explicit(&l->fallbacks[k], n[k], memory_order_relaxed);
+}
+
 /* One dispatcher per kernel family: the active backend's slot when present
  * and willing, else the reference backend's (counted as a fallback). */
 #define DISPATCH(KERNEL, slot, PARAMS, ARGS)                                                 \

@@ -20,6 +20,11 @@ MS_HIDDEN ms_status ms__thread_backend_push(void *handle);
 /* The ABI 1.2 set_num_threads of the calling thread's backend: the previous
  * count, or 0 when the backend does not thread internally (no slot). */
 MS_HIDDEN int ms__backend_set_threads(int n);
+/* The calling thread's active backend's table (NULL when none loads), and
+ * adding n[k] calls of kernel k that fell back from it to ref: what a tape
+ * replay dispatches through, once per replay rather than once per kernel. */
+MS_HIDDEN const ms_backend *ms__active_table(void);
+MS_HIDDEN void ms__count_fallbacks(const uint64_t *n);
 MS_HIDDEN ms_status msk_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y);
 MS_HIDDEN ms_status msk_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
                                const void *a, const int64_t *sa, const void *b,

@@ -46,6 +46,8 @@ void ms__tape_free(ms_tape *t)
     free(t->live);
     free(t->arena);
     free(t->base);
+    free(t->rops);
+    free(t->pool);
     free(t);
 }
 
@@ -633,6 +635,8 @@ static bool seg_give(segs *f, size_t at, size_t sz)
 
 static size_t slot_bytes(const tbuf *b) { return ((size_t)(b->hi - b->lo) + 63) & ~(size_t)63; }
 
+static ms_status build_rops(ms_tape *t);
+
 /* Pack the temporaries into one arena, in the order the tape uses them: a
  * temporary takes the best-fitting free space at its first use and gives it
  * back after its last, so two temporaries share bytes only when their
@@ -716,6 +720,9 @@ ms_status ms__tape_finish(ms_tape *t)
             t->base[i] = b->snap;
         b->start = NULL; /* the recording's blocks are gone */
     }
+    st = build_rops(t);
+    if (st != MS_OK)
+        return st;
     t->finished = true;
     return MS_OK;
 }
@@ -727,74 +734,180 @@ void ms__tape_set_input(ms_tape *t, int id, const void *block) { t->base[id] = (
 
 void *ms__tape_addr(const ms_tape *t, int id, int64_t off) { return t->base[id] + off; }
 
-#define P(k) (o->p[k].buf < 0 ? NULL : (void *)(t->base[o->p[k].buf] + o->p[k].off))
+/* The replay form of the operations: what each kernel call needs, in the
+ * order a replay reads it. */
+static ms_status build_rops(ms_tape *t)
+{
+    size_t cap = 64, n = 0;
+    t->rops = malloc(((size_t)t->nops + 1) * sizeof *t->rops);
+    t->pool = malloc(cap * sizeof *t->pool);
+    if (!t->rops || !t->pool)
+        return MS_ERR_NOMEM;
+    for (int k = 0; k < t->nops; k++) {
+        const tape_op *o = &t->ops[k];
+        rop *r = &t->rops[k];
+        *r = (rop){.kind = (uint8_t)o->kind, .sub = (uint8_t)o->sub, .ndim = (uint8_t)o->ndim,
+                   .dt = (uint8_t)o->dt, .f0 = o->f0, .f1 = o->f1, .axes = o->axes,
+                   .aux = (uint32_t)n};
+        for (int j = 0; j < 4; j++) {
+            r->buf[j] = o->p[j].buf;
+            r->off[j] = o->p[j].off;
+        }
+        /* what goes to the pool: shape and strides, the integers, the doubles */
+        int nst = 0, ni = 0, nd = 0;
+        bool shape = false, cd = false;
+        switch (o->kind) {
+        case MS_KERNEL_UNARY: case MS_KERNEL_ARANGE: case OP_HOSTCOPY: case OP_CHECK:
+            ni = 1, nd = o->kind == MS_KERNEL_ARANGE ? 2 : 0;
+            break;
+        case MS_KERNEL_BINARY: case MS_KERNEL_COPY: shape = true, nst = 2; break;
+        case MS_KERNEL_WHERE: shape = true, nst = 3; break;
+        case MS_KERNEL_FILL: shape = true, nst = 1, nd = 1; break;
+        case MS_KERNEL_REDUCE: shape = true; break;
+        case MS_KERNEL_GEMM: ni = 10, nd = 2; break;
+        case MS_KERNEL_SOFTMAX: ni = 3; break;
+        case MS_KERNEL_CONV2D: case MS_KERNEL_CONV2D_BWD_DATA: case MS_KERNEL_CONV2D_BWD_WEIGHTS:
+            cd = true;
+            break;
+        default: break;
+        }
+        size_t need = n + (shape ? (size_t)o->ndim * (1 + (size_t)nst) : 0) + (size_t)ni +
+                      (size_t)nd + (cd ? sizeof o->cd / sizeof(int64_t) + 1 : 0);
+        if (need > cap) {
+            while (cap < need)
+                cap *= 2;
+            int64_t *q = realloc(t->pool, cap * sizeof *q);
+            if (!q)
+                return MS_ERR_NOMEM;
+            t->pool = q;
+        }
+        if (need > UINT32_MAX)
+            return MS_ERR_NOMEM;
+        int64_t *x = t->pool + n;
+        if (shape) {
+            memcpy(x, o->shape, (size_t)o->ndim * sizeof *x), x += o->ndim;
+            for (int j = 0; j < nst; j++)
+                memcpy(x, o->st[j], (size_t)o->ndim * sizeof *x), x += o->ndim;
+        }
+        memcpy(x, o->i, (size_t)ni * sizeof *x), x += ni;
+        memcpy(x, o->d, (size_t)nd * sizeof *x), x += nd;
+        if (cd)
+            memcpy(x, &o->cd, sizeof o->cd);
+        n = need;
+    }
+    return MS_OK;
+}
+
+#define P(k) (o->buf[k] < 0 ? NULL : (void *)(base[o->buf[k]] + o->off[k]))
+/* The backend's kernel, else ref's when the backend has no such slot or
+ * declines (counted as a fallback), as the msk_* dispatchers do. */
+#define CALL(KERNEL, slot, ARGS)                                                             \
+    do {                                                                                     \
+        st = MS_ERR_UNSUPPORTED;                                                             \
+        if (has[KERNEL])                                                                     \
+            st = be->slot ARGS;                                                              \
+        if (st == MS_ERR_UNSUPPORTED && ref != be) {                                         \
+            fallbacks[KERNEL]++;                                                             \
+            st = ref->slot ARGS;                                                             \
+        }                                                                                    \
+    } while (0)
 
 ms_status ms__tape_replay(ms_tape *t)
 {
     if (!t->finished)
         return MS_ERR_INVALID_ARG;
+    const ms_backend *be = ms__active_table(), *ref = ms__ref();
+    if (!be || !ref)
+        return MS_ERR_BACKEND;
+    bool has[MS_KERNEL_COUNT];
+#define HAS(KERNEL, slot) has[KERNEL] = MS_BACKEND_HAS_SLOT(be, slot) && be->slot != NULL
+    HAS(MS_KERNEL_UNARY, unary);
+    HAS(MS_KERNEL_BINARY, binary);
+    HAS(MS_KERNEL_REDUCE, reduce);
+    HAS(MS_KERNEL_GEMM, gemm);
+    HAS(MS_KERNEL_COPY, copy);
+    HAS(MS_KERNEL_SOFTMAX, softmax);
+    HAS(MS_KERNEL_FILL, fill);
+    HAS(MS_KERNEL_ARANGE, arange);
+    HAS(MS_KERNEL_WHERE, where);
+    HAS(MS_KERNEL_CONV2D, conv2d);
+    HAS(MS_KERNEL_CONV2D_BWD_DATA, conv2d_backward_data);
+    HAS(MS_KERNEL_CONV2D_BWD_WEIGHTS, conv2d_backward_weights);
+#undef HAS
+    uint64_t fallbacks[MS_KERNEL_COUNT] = {0};
+    char *const *base = t->base;
     ms_status st = MS_OK;
     for (int k = 0; k < t->nops && st == MS_OK; k++) {
-        const tape_op *o = &t->ops[k];
-        const int64_t *i = o->i;
+        const rop *o = &t->rops[k];
+        const int64_t *x = t->pool + o->aux;
+        const int nd = o->ndim;
+        const ms_dtype dt = (ms_dtype)o->dt;
+        double d[2];
         switch (o->kind) {
         case MS_KERNEL_UNARY:
-            st = msk_unary(o->sub, o->dt, i[0], P(0), P(1));
+            CALL(MS_KERNEL_UNARY, unary, ((ms_unary_op)o->sub, dt, x[0], P(0), P(1)));
             break;
         case MS_KERNEL_BINARY:
-            st = msk_binary(o->sub, o->dt, o->ndim, o->shape, P(0), o->st[0], P(1), o->st[1],
-                            P(2));
+            CALL(MS_KERNEL_BINARY, binary,
+                 ((ms_binary_op)o->sub, dt, nd, x, P(0), x + nd, P(1), x + 2 * nd, P(2)));
             break;
         case MS_KERNEL_REDUCE:
-            st = msk_reduce(o->sub, o->dt, o->ndim, o->shape, o->axes, P(0), P(1));
+            CALL(MS_KERNEL_REDUCE, reduce, ((ms_reduce_op)o->sub, dt, nd, x, o->axes, P(0), P(1)));
             break;
         case MS_KERNEL_GEMM:
-            st = msk_gemm(o->dt, o->f0, o->f1, i[0], i[1], i[2], i[3], o->d[0], P(0), i[4], i[5],
-                          P(1), i[6], i[7], o->d[1], P(2), i[8], i[9]);
+            memcpy(d, x + 10, sizeof d);
+            CALL(MS_KERNEL_GEMM, gemm,
+                 (dt, o->f0, o->f1, x[0], x[1], x[2], x[3], d[0], P(0), x[4], x[5], P(1), x[6],
+                  x[7], d[1], P(2), x[8], x[9]));
             break;
         case MS_KERNEL_COPY:
-            st = msk_copy(o->dt, o->ndim, o->shape, P(0), o->st[0], P(1), o->st[1]);
+            CALL(MS_KERNEL_COPY, copy, (dt, nd, x, P(0), x + nd, P(1), x + 2 * nd));
             break;
         case MS_KERNEL_SOFTMAX:
-            st = msk_softmax(o->dt, o->f0, i[0], i[1], i[2], P(0), P(1));
+            CALL(MS_KERNEL_SOFTMAX, softmax, (dt, o->f0, x[0], x[1], x[2], P(0), P(1)));
             break;
         case MS_KERNEL_FILL:
-            st = msk_fill(o->dt, o->ndim, o->shape, o->st[0], o->d[0], P(0));
+            memcpy(d, x + 2 * nd, sizeof d[0]);
+            CALL(MS_KERNEL_FILL, fill, (dt, nd, x, x + nd, d[0], P(0)));
             break;
         case MS_KERNEL_ARANGE:
-            st = msk_arange(o->dt, i[0], o->d[0], o->d[1], P(0));
+            memcpy(d, x + 1, sizeof d);
+            CALL(MS_KERNEL_ARANGE, arange, (dt, x[0], d[0], d[1], P(0)));
             break;
         case MS_KERNEL_WHERE:
-            st = msk_where(o->dt, o->ndim, o->shape, P(0), o->st[0], P(1), o->st[1], P(2),
-                           o->st[2], P(3));
+            CALL(MS_KERNEL_WHERE, where,
+                 (dt, nd, x, P(0), x + nd, P(1), x + 2 * nd, P(2), x + 3 * nd, P(3)));
             break;
         case MS_KERNEL_CONV2D:
-            st = msk_conv2d(o->dt, &o->cd, P(0), P(1), P(2), P(3));
+            CALL(MS_KERNEL_CONV2D, conv2d, (dt, (const ms_conv2d_desc *)x, P(0), P(1), P(2), P(3)));
             break;
         case MS_KERNEL_CONV2D_BWD_DATA:
-            st = msk_conv2d_backward_data(o->dt, &o->cd, P(0), P(1), P(2));
+            CALL(MS_KERNEL_CONV2D_BWD_DATA, conv2d_backward_data,
+                 (dt, (const ms_conv2d_desc *)x, P(0), P(1), P(2)));
             break;
         case MS_KERNEL_CONV2D_BWD_WEIGHTS:
-            st = msk_conv2d_backward_weights(o->dt, &o->cd, P(0), P(1), P(2));
+            CALL(MS_KERNEL_CONV2D_BWD_WEIGHTS, conv2d_backward_weights,
+                 (dt, (const ms_conv2d_desc *)x, P(0), P(1), P(2)));
             break;
         case OP_HOSTCOPY: {
             char *dst = P(1), *src = P(0);
             if (dst && src)
-                memcpy(dst, src, (size_t)i[0]);
+                memcpy(dst, src, (size_t)x[0]);
             break;
         }
         case OP_CHECK:
-            if (!all_finite(P(0), i[0], o->dt))
+            if (!all_finite(P(0), x[0], dt))
                 st = MS_ERR_NUMERIC;
             break;
         case OP_RESTORE: {
-            const tbuf *b = &t->bufs[o->p[0].buf];
-            memcpy(t->base[o->p[0].buf], b->snap, b->size);
+            const tbuf *b = &t->bufs[o->buf[0]];
+            memcpy(base[o->buf[0]], b->snap, b->size);
             break;
         }
         default:
             st = MS_ERR_INVALID_ARG;
         }
     }
+    ms__count_fallbacks(fallbacks);
     return st;
 }

@@ -46,6 +46,16 @@ typedef struct live_block {
     int id; /* buffer id, -1 until a recorded op touches it */
 } live_block;
 
+/* An operation as a replay runs it: one cache line, with its shapes,
+ * strides and scalars in the tape's pool, in operation order. */
+typedef struct rop {
+    uint8_t kind, sub, ndim, dt, f0, f1;
+    uint32_t axes;
+    uint32_t aux; /* its arguments: pool[aux ...] */
+    int32_t buf[4];
+    int64_t off[4];
+} rop;
+
 struct ms_tape {
     tape_op *ops;
     int nops, capops;
@@ -56,6 +66,8 @@ struct ms_tape {
     char *arena;
     size_t arena_bytes;
     char **base; /* per buffer, for the current replay */
+    rop *rops;     /* the operations as replayed (after ms__tape_finish) */
+    int64_t *pool; /* their arguments */
     ms_status err;
     char why[320]; /* why the recording cannot be replayed ("" when it can) */
     bool finished;
