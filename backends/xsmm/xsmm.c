@@ -95,6 +95,24 @@ static libxsmm_xmmfunction get_kernel(ms_dtype dt, int M, int N, int K, int lda,
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
 
+/* Whether libxsmm generates AVX code here (set once at init). */
+static bool g_avx;
+
+/* libxsmm's generated kernels return with the upper halves of the vector
+ * registers dirty (no vzeroupper).  The code that runs next is compiled for
+ * baseline x86-64, SSE-encoded (this file, the frontend, the reference
+ * backend's default paths), and each of its vector instructions then waits
+ * on the dirty upper state: measured here, a 10×40×1 GEMM took 230 ns
+ * through this backend against 29 ns for the bare kernel.  Every path that
+ * ran generated code clears the state before returning. */
+static inline void clean_upper(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (g_avx)
+        __asm__ volatile("vzeroupper");
+#endif
+}
+
 static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 /* C (m×n, ldc) = beta * C, or zeros when beta is 0 (C not read). */
@@ -160,6 +178,7 @@ static void transpose(ms_dtype dt, int64_t rows, int64_t cols, const void *src, 
         libxsmm_otrans(dst, src, dt == MS_F32 ? sizeof(float) : sizeof(double),
                        (libxsmm_blasint)rows, (libxsmm_blasint)cols, (libxsmm_blasint)lds,
                        (libxsmm_blasint)cols);
+        clean_upper();
         return;
     }
     if (dt == MS_F32) {
@@ -241,9 +260,12 @@ static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batc
                 fn.smm((const float *)bp, (const float *)ap, (float *)cp);
             else
                 fn.dmm((const double *)bp, (const double *)ap, (double *)cp);
-            if (mode == MODE_POSTSCALE)
+            if (mode == MODE_POSTSCALE) {
+                clean_upper();
                 scale_c(dt, m, n, alpha, cp, ldc);
+            }
         }
+        clean_upper();
         return MS_OK;
     }
 
@@ -340,6 +362,7 @@ static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batc
                     else
                         fn.dmm((const double *)bt_p, (const double *)at_p, (double *)target);
                 }
+                clean_upper();
                 if (st != MS_OK)
                     break;
                 if (mode == MODE_POSTSCALE)
@@ -363,6 +386,7 @@ static pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
 static void init_once(void)
 {
     libxsmm_init();
+    g_avx = libxsmm_get_target_archid() >= LIBXSMM_X86_AVX;
     snprintf(g_description, sizeof g_description,
              "libxsmm %s (JIT for %s); float32/float64 gemm, no packing", LIBXSMM_VERSION,
              libxsmm_get_target_arch());

@@ -496,6 +496,7 @@ static void dims(FILE *f, int ndim, const int64_t *v)
 void ms__tape_dump(const ms_tape *t, FILE *f)
 {
     static const char *const extra[] = {"hostcopy", "restore", "check"};
+    fprintf(f, "# %d operations, arena %zu bytes\n", t->nops, t->arena_bytes);
     for (int k = 0; k < t->nops; k++) {
         const tape_op *o = &t->ops[k];
         fprintf(f, "%5d %-8s %s", k,
