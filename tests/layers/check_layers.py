@@ -4,8 +4,9 @@
 Usage: check_layers.py CORE_DIR OBJECT_DIR LAYER...   (layers bottom first)
 
 1. Includes: a file in core/L/ includes, of core's own headers, only L/L.h
-   (a .c file) or the header of the layer directly below (L/L.h itself);
-   public headers (metastep/...) and system headers are free.
+   (a .c file) or the header of the layer directly below (L/L.h itself), and
+   headers private to its own folder (core/L/*.h, which no other layer may
+   include); public headers (metastep/...) and system headers are free.
 2. Calls and data: every symbol an object file of layer L takes from another
    core object file is defined in layer L or a layer below (nm on the objects
    meson built, named <layer>_<file>.c.o).
@@ -33,6 +34,9 @@ def main():
                 if target.startswith('metastep/'):
                     continue
                 top = target.split('/')[0]
+                if top == layer and target != top + '/' + top + '.h' and \
+                        os.path.exists(os.path.join(core, target)):
+                    continue  # a header private to this layer
                 if top not in rank or target != top + '/' + top + '.h':
                     bad.append(f'{layer}/{f}: includes "{target}", not a layer header')
                     continue
