@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include <libxsmm.h>
+#include <libxsmm_generator.h>
 
 #include "metastep/backend.h"
 
@@ -168,11 +169,49 @@ static void combine_c(ms_dtype dt, int64_t m, int64_t n, double alpha, const voi
     }
 }
 
+/* The generated transposition of a column-major rows×cols block of es-byte
+ * elements into a cols×rows one (leading dimension cols), from the thread's
+ * cache; NULL when libxsmm generates none for it.  libxsmm_otrans looks the
+ * kernel up in its registry on every call, which cost more than the
+ * transposition of MAML's 40×40 weights itself. */
+typedef struct tc_entry {
+    unsigned key[3]; /* es, rows, cols */
+    libxsmm_xtransfunction fn;
+} tc_entry;
+
+#define TC_SIZE 16 /* power of two */
+static _Thread_local tc_entry tl_trans[TC_SIZE];
+
+static libxsmm_xtransfunction get_trans(unsigned es, unsigned rows, unsigned cols)
+{
+    tc_entry *e = &tl_trans[(es * 31u + rows * 131u + cols * 7u) & (TC_SIZE - 1)];
+    if (e->fn && e->key[0] == es && e->key[1] == rows && e->key[2] == cols)
+        return e->fn;
+    libxsmm_descriptor_blob blob;
+    const libxsmm_trans_descriptor *d = libxsmm_trans_descriptor_init(&blob, es, rows, cols, cols);
+    libxsmm_xtransfunction fn = d ? libxsmm_dispatch_trans(d) : NULL;
+    if (fn) {
+        e->key[0] = es, e->key[1] = rows, e->key[2] = cols;
+        e->fn = fn;
+    }
+    return fn;
+}
+
 /* dst (rows×cols, contiguous) = srcᵀ, src stored cols×rows with leading
  * dimension lds. */
 static void transpose(ms_dtype dt, int64_t rows, int64_t cols, const void *src, int64_t lds,
                       void *dst)
 {
+    const unsigned es = dt == MS_F32 ? sizeof(float) : sizeof(double);
+    if (rows <= 64 && cols <= 64 && lds <= INT_MAX) {
+        libxsmm_xtransfunction fn = get_trans(es, (unsigned)rows, (unsigned)cols);
+        if (fn) {
+            const unsigned ldi = (unsigned)lds, ldo = (unsigned)cols;
+            fn(src, &ldi, dst, &ldo);
+            clean_upper();
+            return;
+        }
+    }
     /* libxsmm's own (JIT) transposition: src is column-major rows x cols */
     if (fits_int(rows) && fits_int(cols) && fits_int(lds)) {
         libxsmm_otrans(dst, src, dt == MS_F32 ? sizeof(float) : sizeof(double),

@@ -473,6 +473,12 @@ void ms__tape_check(const void *data, int64_t n, ms_dtype dt)
         *slot = o, t->nops++;
 }
 
+/* A replay checks every gradient the eager step checks: about as many
+ * values as the step's elementwise kernels touch, so the loop is built for
+ * AVX-512, AVX2 and baseline and picked at load, as the ref backend's are. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 static bool all_finite(const void *p, int64_t n, ms_dtype dt)
 {
     int bad = 0; /* x - x is 0 unless x is NaN or infinite */
