@@ -6,6 +6,7 @@
  * and frees as it goes (so blocks are reused at the same addresses, as the
  * allocator does): host copies of whole tensors and of ranges, contiguous
  * and strided copy kernels, elementwise kernels out of place and in place,
+ * reductions over size-1 axes (copies for ref) and real ones,
  * reads through offset views (64-byte aligned or not), accumulating GEMMs,
  * finiteness checks.  The program runs once while recording, the tape is
  * finished (rewritten, then packed) and replayed on the same inputs and on
@@ -90,10 +91,35 @@ static ms_status k_gemm(ms_dtype dt, bool ta, bool tb, int64_t batch, int64_t m,
             }
     return MS_OK;
 }
+/* Sums over the axes in `axes` of a dense x; as ref, a memcpy when every
+ * reduced axis has size 1. */
+static ms_status k_reduce(ms_reduce_op op, ms_dtype dt, int ndim, const int64_t *shape,
+                          uint32_t axes, const void *x, void *y)
+{
+    (void)op, (void)dt;
+    int64_t n = ms__tape_prod(ndim, shape), count = 1;
+    for (int d = 0; d < ndim; d++)
+        if (axes & (1u << d))
+            count *= shape[d];
+    if (count == 1) {
+        memcpy(y, x, (size_t)n * sizeof(float));
+        return MS_OK;
+    }
+    /* this suite's programs reduce (4, len/4) over axis 0 only */
+    const int64_t cols = shape[1];
+    for (int64_t j = 0; j < cols; j++) {
+        float acc = 0;
+        for (int64_t i = 0; i < shape[0]; i++)
+            acc += ((const float *)x)[i * cols + j];
+        ((float *)y)[j] = acc;
+    }
+    return MS_OK;
+}
+
 /* The backend a replay calls: ref and active at once. */
 static const ms_backend test_backend = {
     .header = {.size = sizeof(ms_backend)},
-    .unary = k_unary, .binary = k_binary, .copy = k_copy, .gemm = k_gemm,
+    .unary = k_unary, .binary = k_binary, .copy = k_copy, .gemm = k_gemm, .reduce = k_reduce,
 };
 const ms_backend *ms__active_table(void) { return &test_backend; }
 const ms_backend *ms__ref(void) { return &test_backend; }
@@ -104,7 +130,7 @@ void ms__count_fallbacks(const uint64_t *n) { (void)n; }
 
 enum { N = 64, NIN = 3, NTMP = 8, NOUT = 3, MAXINS = 60 };
 enum { I_HOSTCOPY, I_HOSTCOPY_RANGE, I_COPY, I_COPY_STRIDED, I_BINARY, I_BINARY_INPLACE,
-       I_UNARY_INPLACE, I_GEMM_ACC, I_CHECK, I_FREE, I_KINDS };
+       I_UNARY_INPLACE, I_GEMM_ACC, I_REDUCE, I_CHECK, I_FREE, I_KINDS };
 
 /* An operand: input or temporary `slot`, starting at element `at`. */
 typedef struct opnd {
@@ -252,6 +278,16 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
             k_gemm(MS_F32, i->sub == 1, false, 1, 4, 4, 4, 1.0, a, 4, 0, b, 4, 0, 1.0,
                      d + i->dat, 4, 0);
             break;
+        case I_REDUCE: { /* over a size-1 axis (a copy), or a real sum */
+            const int64_t one[3] = {1, 1, i->len}, four[2] = {4, i->len / 4};
+            const int nd = i->sub ? 3 : 2;
+            const int64_t *sh = i->sub ? one : four;
+            const uint32_t axes = i->sub == 2 ? 3u : 1u;
+            if (ms__taping())
+                ms__tape_reduce(MS_REDUCE_SUM, MS_F32, nd, sh, axes, a, d + i->dat);
+            k_reduce(MS_REDUCE_SUM, MS_F32, nd, sh, axes, a, d + i->dat);
+            break;
+        }
         case I_CHECK:
             ms__tape_check(d + i->dat, i->len, MS_F32);
             for (int j = 0; j < i->len; j++)
@@ -357,12 +393,50 @@ START_TEST(random_programs)
 }
 END_TEST
 
+/* A reduction that sums (over an axis of 4) is no copy, even as the only
+ * writer of a fresh temporary: y = sum(x, axis 0) + x[0, :] replayed. */
+START_TEST(real_reduction_not_forwarded)
+{
+    float *x = aligned_alloc(64, N * sizeof(float));
+    ck_assert_ptr_nonnull(x);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)(i + 1);
+    ms_tape *tape = ms__tape_new();
+    ck_assert_int_eq(ms__tape_begin(tape), MS_OK);
+    int xid = ms__tape_input(tape, x, N * sizeof(float), 0);
+    float *t = tmp_alloc(), *y = tmp_alloc();
+    const int64_t shape[2] = {4, N / 4}, row[1] = {N / 4}, one[1] = {1};
+    ms__tape_reduce(MS_REDUCE_SUM, MS_F32, 2, shape, 1u, x, t);
+    k_reduce(MS_REDUCE_SUM, MS_F32, 2, shape, 1u, x, t);
+    ms__tape_binary(MS_BINARY_ADD, MS_F32, 1, row, t, one, x, one, y);
+    k_binary(MS_BINARY_ADD, MS_F32, 1, row, t, one, x, one, y);
+    float want[N / 4];
+    memcpy(want, y, sizeof want);
+    int id;
+    int64_t off;
+    ck_assert_int_eq(ms__tape_locate(tape, y, sizeof want, &id, &off), MS_OK);
+    ms__tape_end();
+    tmp_free(t);
+    tmp_free(y);
+    unsetenv("METASTEP_PLAN_OPTIMIZE");
+    ck_assert_int_eq(ms__tape_finish(tape), MS_OK);
+    ms__tape_set_input(tape, xid, x);
+    ck_assert_int_eq(ms__tape_replay(tape), MS_OK);
+    ck_assert_int_eq(ms__tape_ops(tape), 2);
+    ck_assert_mem_eq(ms__tape_addr(tape, id, off), want, sizeof want);
+    ck_assert_float_eq(want[0], 1.0f + 17 + 33 + 49 + 1);
+    ms__tape_free(tape);
+    free(x);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("tape");
     TCase *tc = tcase_create("rewrite");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, random_programs);
+    tcase_add_test(tc, real_reduction_not_forwarded);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -5,7 +5,8 @@
  * which copy of the same bytes an operation reads, and whether an operation
  * whose result nobody reads runs at all):
  *   - copy forwarding: an operation that reads the destination of a plain
- *     copy (a host copy between tensors, or a contiguous copy kernel) reads
+ *     copy (a host copy between tensors, a contiguous copy kernel, a
+ *     reduction over size-1 axes that ref computes as a copy) reads
  *     the copy's source instead, when the destination is a temporary that
  *     nothing else writes and the source is not written before the last such
  *     read.  The eager frontend copies tensors whole where it cannot share
@@ -182,12 +183,26 @@ static ms_status group(const ms_tape *t, by_buf *g)
     return MS_OK;
 }
 
-/* A plain copy of n bytes from *src to *dst: a host copy, or a copy kernel
- * whose both sides are dense and in the same order. */
-static bool plain_copy(const tape_op *o, tref *src, tref *dst, int64_t *n)
+/* A plain copy of n bytes from *src to *dst: a host copy, a copy kernel
+ * whose both sides are dense and in the same order, or, when ref computes
+ * reductions (ref_copies_reduce), a reduction over axes that all have size 1,
+ * which ref computes as a memcpy (the autodiff's sum over a broadcast task
+ * axis of size 1, in every loop-mode backward). */
+static bool plain_copy(const tape_op *o, bool ref_copies_reduce, tref *src, tref *dst,
+                       int64_t *n)
 {
     if (o->kind == OP_HOSTCOPY) {
         *n = o->i[0];
+    } else if (o->kind == MS_KERNEL_REDUCE && ref_copies_reduce) {
+        int64_t count = 1, all = 1;
+        for (int d = 0; d < o->ndim; d++) {
+            if (o->axes & (1u << d))
+                count *= o->shape[d];
+            all *= o->shape[d];
+        }
+        if (count != 1 || o->axes == 0)
+            return false;
+        *n = all * (int64_t)ms__tape_dtype_bytes(o->dt);
     } else if (o->kind == MS_KERNEL_COPY) {
         int64_t want = 1;
         for (int d = o->ndim - 1; d >= 0; d--) {
@@ -205,11 +220,11 @@ static bool plain_copy(const tape_op *o, tref *src, tref *dst, int64_t *n)
 }
 
 /* Forward the copy at op k when it is safe (see the top of this file). */
-static void forward(ms_tape *t, const by_buf *g, int k)
+static void forward(ms_tape *t, const by_buf *g, int k, bool ref_copies_reduce)
 {
     tref s, dst;
     int64_t n;
-    if (!plain_copy(&t->ops[k], &s, &dst, &n))
+    if (!plain_copy(&t->ops[k], ref_copies_reduce, &s, &dst, &n))
         return;
     const tbuf *db = &t->bufs[dst.buf];
     if (db->kind != TB_TEMP || db->snap || t->bufs[s.buf].kind == TB_CONST ||
@@ -332,8 +347,13 @@ ms_status ms__tape_optimize(ms_tape *t)
 {
     by_buf g = {0};
     ms_status st = group(t, &g);
+    /* the backend the replay will call (the traced one) leaves reductions
+     * to ref, or is ref */
+    const ms_backend *be = ms__active_table(), *ref = ms__ref();
+    const bool ref_copies_reduce =
+        be && ref && (be == ref || !MS_BACKEND_HAS_SLOT(be, reduce) || !be->reduce);
     for (int k = 0; st == MS_OK && k < t->nops; k++)
-        forward(t, &g, k);
+        forward(t, &g, k, ref_copies_reduce);
     free(g.a);
     free(g.start);
     if (st == MS_OK)
