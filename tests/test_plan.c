@@ -309,13 +309,7 @@ START_TEST(plan_equals_eager)
 {
     rng_state = 0x9e3779b97f4a7c15ull;
     int n = getenv("METASTEP_PLAN_QUICK") ? 100 : 600;
-    /* a third of the plans with the default groups of elementwise
-     * operations (core/runtime/tape_opt.c), which these small models rarely
-     * make; the others with groups of any length in blocks of 3 or 64
-     * elements, so that every block edge and every member kind is replayed */
-    static const char *const groups[3] = {"", "1,3", "1,64"};
     for (int i = 0; i < n; i++) {
-        setenv("METASTEP_PLAN_GROUP", groups[i % 3], 1);
         config c = random_config();
         metastep_plan *p = plan_of(&c);
         compare_run(&c, p, c.tasks, c.points, "trace");
@@ -329,7 +323,6 @@ START_TEST(plan_equals_eager)
                       c.desc, info.traces, info.replays);
         metastep_plan_free(p);
     }
-    unsetenv("METASTEP_PLAN_GROUP");
 }
 END_TEST
 

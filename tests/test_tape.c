@@ -5,8 +5,7 @@
  * program over a few input blocks and temporaries that the program allocates
  * and frees as it goes (so blocks are reused at the same addresses, as the
  * allocator does): host copies of whole tensors and of ranges, contiguous
- * and strided copy kernels, elementwise kernels out of place and in place
- * (an operand dense or one broadcast value),
+ * and strided copy kernels, elementwise kernels out of place and in place,
  * reductions over size-1 axes (copies for ref) and real ones,
  * reads through offset views (64-byte aligned or not), accumulating GEMMs,
  * finiteness checks.  The program runs once while recording, the tape is
@@ -140,7 +139,7 @@ typedef struct opnd {
 } opnd;
 
 typedef struct ins {
-    int kind, dst, sub, len, dat, bcast; /* bcast: b is one broadcast value */
+    int kind, dst, sub, len, dat;
     opnd a, b;
 } ins;
 
@@ -184,7 +183,6 @@ static void make_prog(prog *p)
     while (p->n < MAXINS - 1) {
         ins in = {.kind = rnd(I_KINDS), .dst = rnd(NTMP), .len = 16 + rnd(3) * 16};
         in.sub = rnd(3);
-        in.bcast = rnd(3) == 0;
         in.dat = rnd(N - in.len + 1);
         if (in.kind == I_HOSTCOPY || in.kind == I_COPY || in.kind == I_FREE)
             in.len = N, in.dat = 0;
@@ -236,7 +234,7 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
         if (!d && i->kind != I_FREE)
             d = tmp[i->dst] = tmp_alloc();
         const float *a = at(in, tmp, i->a), *b = at(in, tmp, i->b);
-        const int64_t shape[2] = {i->len / 4, 4}, dense[2] = {4, 1}, zero[2] = {0, 0};
+        const int64_t shape[2] = {i->len / 4, 4}, dense[2] = {4, 1};
         const int64_t tshape[2] = {4, i->len / 4}, tread[2] = {1, 4}, rev[2] = {-4, -1};
         switch (i->kind) {
         case I_HOSTCOPY:
@@ -263,9 +261,8 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
         case I_BINARY:
         case I_BINARY_INPLACE:
             if (ms__taping())
-                ms__tape_binary(i->sub, MS_F32, 2, shape, a, dense, b, i->bcast ? zero : dense,
-                                d + i->dat);
-            k_binary(i->sub, MS_F32, 2, shape, a, dense, b, i->bcast ? zero : dense, d + i->dat);
+                ms__tape_binary(i->sub, MS_F32, 2, shape, a, dense, b, dense, d + i->dat);
+            k_binary(i->sub, MS_F32, 2, shape, a, dense, b, dense, d + i->dat);
             break;
         case I_UNARY_INPLACE:
             if (ms__taping())
@@ -323,7 +320,7 @@ static void fill_inputs(float *const *in)
 
 /* One random program: record, finish (rewritten or not), replay on two sets
  * of inputs, compare with plain runs.  Returns the replayed op count. */
-static int one_case(uint64_t seed, bool optimize, const char *groups)
+static int one_case(uint64_t seed, bool optimize)
 {
     rng = seed;
     prog p;
@@ -348,7 +345,6 @@ static int one_case(uint64_t seed, bool optimize, const char *groups)
     ck_assert_msg(!ms__tape_why(tape), "seed %llu: %s", (unsigned long long)seed,
                   ms__tape_why(tape));
     setenv("METASTEP_PLAN_OPTIMIZE", optimize ? "1" : "0", 1);
-    setenv("METASTEP_PLAN_GROUP", groups, 1);
     ck_assert_int_eq(ms__tape_finish(tape), MS_OK);
     int nops = ms__tape_ops(tape);
     for (int round = 0; round < 2; round++) {
@@ -387,13 +383,10 @@ START_TEST(random_programs)
 {
     int before = 0, after = 0;
     for (uint64_t seed = 1; seed <= 3000; seed++) {
-        before += one_case(seed, false, "");
-        after += one_case(seed, true, "");
-        /* groups of elementwise operations of any length, in odd blocks */
-        one_case(seed, true, seed % 2 ? "1,5" : "1,16");
+        before += one_case(seed, false);
+        after += one_case(seed, true);
     }
     unsetenv("METASTEP_PLAN_OPTIMIZE");
-    unsetenv("METASTEP_PLAN_GROUP");
     /* the rewriting must be doing something on these programs */
     ck_assert_int_lt(after, before - before / 10);
     printf("random programs: %d operations recorded, %d after rewriting\n", before, after);
@@ -437,45 +430,6 @@ START_TEST(real_reduction_not_forwarded)
 }
 END_TEST
 
-/* In a group, a member that reads one element of what another member
- * writes would read it before the block holding it is computed:
- * t = x * x, y = x + t[12] (broadcast), replayed in blocks of 5. */
-START_TEST(broadcast_of_member_output)
-{
-    float *x = aligned_alloc(64, N * sizeof(float));
-    ck_assert_ptr_nonnull(x);
-    for (int i = 0; i < N; i++)
-        x[i] = (float)(i + 1);
-    ms_tape *tape = ms__tape_new();
-    ck_assert_int_eq(ms__tape_begin(tape), MS_OK);
-    int xid = ms__tape_input(tape, x, N * sizeof(float), 0);
-    float *t = tmp_alloc(), *y = tmp_alloc();
-    const int64_t shape[1] = {16}, one[1] = {1}, zero[1] = {0};
-    ms__tape_binary(MS_BINARY_MUL, MS_F32, 1, shape, x, one, x, one, t);
-    k_binary(MS_BINARY_MUL, MS_F32, 1, shape, x, one, x, one, t);
-    ms__tape_binary(MS_BINARY_ADD, MS_F32, 1, shape, x, one, t + 12, zero, y);
-    k_binary(MS_BINARY_ADD, MS_F32, 1, shape, x, one, t + 12, zero, y);
-    float want[16];
-    memcpy(want, y, sizeof want);
-    int id;
-    int64_t off;
-    ck_assert_int_eq(ms__tape_locate(tape, y, sizeof want, &id, &off), MS_OK);
-    ms__tape_end();
-    tmp_free(t);
-    tmp_free(y);
-    unsetenv("METASTEP_PLAN_OPTIMIZE");
-    setenv("METASTEP_PLAN_GROUP", "1,5", 1);
-    ck_assert_int_eq(ms__tape_finish(tape), MS_OK);
-    unsetenv("METASTEP_PLAN_GROUP");
-    ms__tape_set_input(tape, xid, x);
-    ck_assert_int_eq(ms__tape_replay(tape), MS_OK);
-    ck_assert_mem_eq(ms__tape_addr(tape, id, off), want, sizeof want);
-    ck_assert_float_eq(want[0], 1.0f + 13 * 13);
-    ms__tape_free(tape);
-    free(x);
-}
-END_TEST
-
 int main(void)
 {
     Suite *s = suite_create("tape");
@@ -483,7 +437,6 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, random_programs);
     tcase_add_test(tc, real_reduction_not_forwarded);
-    tcase_add_test(tc, broadcast_of_member_output);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -48,8 +48,6 @@ void ms__tape_free(ms_tape *t)
     free(t->base);
     free(t->rops);
     free(t->pool);
-    free(t->gops);
-    free(t->grops);
     free(t);
 }
 
@@ -501,59 +499,48 @@ static void dims(FILE *f, int ndim, const int64_t *v)
     fputc(')', f);
 }
 
-static void dump_op(FILE *f, const tape_op *o, const char *prefix, int k)
-{
-    static const char *const extra[] = {"hostcopy", "restore", "check", "group"};
-    fprintf(f, "%s%5d %-8s %s", prefix, k,
-            o->kind < MS_KERNEL_COUNT ? ms_kernel_name(o->kind) : extra[o->kind - OP_HOSTCOPY],
-            o->dt == MS_F64 ? "f64" : "f32");
-    switch (o->kind) {
-    case MS_KERNEL_UNARY:
-    case MS_KERNEL_ARANGE:
-    case OP_HOSTCOPY:
-    case OP_CHECK:
-        fprintf(f, " op %d n %lld", o->sub, (long long)o->i[0]);
-        break;
-    case OP_GROUP:
-        fprintf(f, " n %lld block %lld, %lld members:", (long long)o->i[0], (long long)o->i[1],
-                (long long)o->i[3]);
-        break;
-    case MS_KERNEL_GEMM:
-        fprintf(f, " %c%c batch %lld m %lld n %lld k %lld alpha %g beta %g strides %lld %lld %lld",
-                o->f0 ? 'T' : 'N', o->f1 ? 'T' : 'N', (long long)o->i[0], (long long)o->i[1],
-                (long long)o->i[2], (long long)o->i[3], o->d[0], o->d[1], (long long)o->i[5],
-                (long long)o->i[7], (long long)o->i[9]);
-        break;
-    case MS_KERNEL_SOFTMAX:
-        fprintf(f, " %lld x %lld x %lld", (long long)o->i[0], (long long)o->i[1],
-                (long long)o->i[2]);
-        break;
-    case MS_KERNEL_CONV2D:
-    case MS_KERNEL_CONV2D_BWD_DATA:
-    case MS_KERNEL_CONV2D_BWD_WEIGHTS:
-        fprintf(f, " n %lld c %lld h %lld w %lld o %lld k %lld", (long long)o->cd.n,
-                (long long)o->cd.c, (long long)o->cd.h, (long long)o->cd.w, (long long)o->cd.o,
-                (long long)o->cd.kh);
-        break;
-    default:
-        fprintf(f, " op %d axes %u shape ", o->sub, o->axes);
-        dims(f, o->ndim, o->shape);
-        for (int j = 0; j < 3 && o->kind != MS_KERNEL_REDUCE; j++) {
-            fputc(' ', f);
-            dims(f, o->ndim, o->st[j]);
-        }
-    }
-    fputc('\n', f);
-}
-
 void ms__tape_dump(const ms_tape *t, FILE *f)
 {
+    static const char *const extra[] = {"hostcopy", "restore", "check"};
     fprintf(f, "# %d operations, arena %zu bytes\n", t->nops, t->arena_bytes);
     for (int k = 0; k < t->nops; k++) {
         const tape_op *o = &t->ops[k];
-        dump_op(f, o, "", k);
-        for (int m = 0; o->kind == OP_GROUP && m < o->i[3]; m++)
-            dump_op(f, &t->gops[o->i[2] + m], "    + ", m);
+        fprintf(f, "%5d %-8s %s", k,
+                o->kind < MS_KERNEL_COUNT ? ms_kernel_name(o->kind) : extra[o->kind - OP_HOSTCOPY],
+                o->dt == MS_F64 ? "f64" : "f32");
+        switch (o->kind) {
+        case MS_KERNEL_UNARY:
+        case MS_KERNEL_ARANGE:
+        case OP_HOSTCOPY:
+        case OP_CHECK:
+            fprintf(f, " op %d n %lld", o->sub, (long long)o->i[0]);
+            break;
+        case MS_KERNEL_GEMM:
+            fprintf(f, " %c%c batch %lld m %lld n %lld k %lld alpha %g beta %g strides %lld %lld %lld",
+                    o->f0 ? 'T' : 'N', o->f1 ? 'T' : 'N', (long long)o->i[0], (long long)o->i[1],
+                    (long long)o->i[2], (long long)o->i[3], o->d[0], o->d[1], (long long)o->i[5],
+                    (long long)o->i[7], (long long)o->i[9]);
+            break;
+        case MS_KERNEL_SOFTMAX:
+            fprintf(f, " %lld x %lld x %lld", (long long)o->i[0], (long long)o->i[1],
+                    (long long)o->i[2]);
+            break;
+        case MS_KERNEL_CONV2D:
+        case MS_KERNEL_CONV2D_BWD_DATA:
+        case MS_KERNEL_CONV2D_BWD_WEIGHTS:
+            fprintf(f, " n %lld c %lld h %lld w %lld o %lld k %lld", (long long)o->cd.n,
+                    (long long)o->cd.c, (long long)o->cd.h, (long long)o->cd.w,
+                    (long long)o->cd.o, (long long)o->cd.kh);
+            break;
+        default:
+            fprintf(f, " op %d axes %u shape ", o->sub, o->axes);
+            dims(f, o->ndim, o->shape);
+            for (int j = 0; j < 3 && o->kind != MS_KERNEL_REDUCE; j++) {
+                fputc(' ', f);
+                dims(f, o->ndim, o->st[j]);
+            }
+        }
+        fputc('\n', f);
     }
 }
 
@@ -756,52 +743,16 @@ void *ms__tape_addr(const ms_tape *t, int id, int64_t off) { return t->base[id] 
 
 /* The replay form of the operations: what each kernel call needs, in the
  * order a replay reads it. */
-static ms_status build_list(ms_tape *t, const tape_op *ops, int nops, rop *out, size_t *cap,
-                            size_t *used);
-
 static ms_status build_rops(ms_tape *t)
 {
     size_t cap = 64, n = 0;
     t->rops = malloc(((size_t)t->nops + 1) * sizeof *t->rops);
-    t->grops = malloc(((size_t)t->ngops + 1) * sizeof *t->grops);
     t->pool = malloc(cap * sizeof *t->pool);
-    if (!t->rops || !t->grops || !t->pool)
+    if (!t->rops || !t->pool)
         return MS_ERR_NOMEM;
-    ms_status st = build_list(t, t->ops, t->nops, t->rops, &cap, &n);
-    return st == MS_OK ? build_list(t, t->gops, t->ngops, t->grops, &cap, &n) : st;
-}
-
-/* A group member's binary operands that are one broadcast value (bit j for
- * p[j]); they and the scratch blocks stay put from block to block. */
-static uint8_t broadcast_operands(const tape_op *o)
-{
-    uint8_t f = 0;
-    for (int j = 0; j < 2 && o->kind == MS_KERNEL_BINARY; j++) {
-        bool one = true;
-        for (int d = 0; d < o->ndim; d++)
-            one = one && (o->shape[d] == 1 || o->st[j][d] == 0);
-        if (one)
-            f |= (uint8_t)(1u << j);
-    }
-    return f;
-}
-
-static uint8_t fixed_operands(const ms_tape *t, const tape_op *o)
-{
-    uint8_t f = broadcast_operands(o);
-    for (int j = 0; j < 4; j++)
-        if (o->p[j].buf >= 0 && t->bufs[o->p[j].buf].scratch)
-            f |= (uint8_t)(1u << j);
-    return f;
-}
-
-static ms_status build_list(ms_tape *t, const tape_op *ops, int nops, rop *out, size_t *capp,
-                            size_t *used)
-{
-    size_t cap = *capp, n = *used;
-    for (int k = 0; k < nops; k++) {
-        const tape_op *o = &ops[k];
-        rop *r = &out[k];
+    for (int k = 0; k < t->nops; k++) {
+        const tape_op *o = &t->ops[k];
+        rop *r = &t->rops[k];
         *r = (rop){.kind = (uint8_t)o->kind, .sub = (uint8_t)o->sub, .ndim = (uint8_t)o->ndim,
                    .dt = (uint8_t)o->dt, .f0 = o->f0, .f1 = o->f1, .axes = o->axes,
                    .aux = (uint32_t)n};
@@ -812,15 +763,10 @@ static ms_status build_list(ms_tape *t, const tape_op *ops, int nops, rop *out, 
         /* what goes to the pool: shape and strides, the integers, the doubles */
         int nst = 0, ni = 0, nd = 0;
         bool shape = false, cd = false;
-        if (ops == t->gops) { /* the replay slices members: axes = broadcast operands */
-            r->fixed = fixed_operands(t, o);
-            r->axes = broadcast_operands(o);
-        }
         switch (o->kind) {
         case MS_KERNEL_UNARY: case MS_KERNEL_ARANGE: case OP_HOSTCOPY: case OP_CHECK:
             ni = 1, nd = o->kind == MS_KERNEL_ARANGE ? 2 : 0;
             break;
-        case OP_GROUP: ni = 4; break;
         case MS_KERNEL_BINARY: case MS_KERNEL_COPY: shape = true, nst = 2; break;
         case MS_KERNEL_WHERE: shape = true, nst = 3; break;
         case MS_KERNEL_FILL: shape = true, nst = 1, nd = 1; break;
@@ -856,8 +802,6 @@ static ms_status build_list(ms_tape *t, const tape_op *ops, int nops, rop *out, 
             memcpy(x, &o->cd, sizeof o->cd);
         n = need;
     }
-    *capp = cap;
-    *used = n;
     return MS_OK;
 }
 
@@ -962,32 +906,6 @@ ms_status ms__tape_replay(ms_tape *t)
             if (!all_finite(P(0), x[0], dt))
                 st = MS_ERR_NUMERIC;
             break;
-        case OP_GROUP: { /* x = length, block, first member, count */
-            const rop *mem = t->grops + x[2];
-            const int64_t es = (int64_t)ms__tape_dtype_bytes(dt);
-            for (int64_t i0 = 0; i0 < x[0] && st == MS_OK; i0 += x[1]) {
-                int64_t len = x[0] - i0 < x[1] ? x[0] - i0 : x[1];
-                for (int m = 0; m < x[3] && st == MS_OK; m++) {
-                    const rop *q = &mem[m];
-                    char *p[3];
-                    for (int j = 0; j < 3; j++)
-                        p[j] = q->buf[j] < 0 ? NULL
-                                             : base[q->buf[j]] + q->off[j] +
-                                                   ((q->fixed >> j) & 1 ? 0 : i0 * es);
-                    const ms_dtype mdt = (ms_dtype)q->dt;
-                    if (q->kind == MS_KERNEL_BINARY) {
-                        const int64_t sa = q->axes & 1 ? 0 : 1, sb = q->axes & 2 ? 0 : 1;
-                        CALL(MS_KERNEL_BINARY, binary,
-                             ((ms_binary_op)q->sub, mdt, 1, &len, p[0], &sa, p[1], &sb, p[2]));
-                    } else if (q->kind == MS_KERNEL_UNARY) {
-                        CALL(MS_KERNEL_UNARY, unary, ((ms_unary_op)q->sub, mdt, len, p[0], p[1]));
-                    } else if (!all_finite(p[0], len, mdt)) {
-                        st = MS_ERR_NUMERIC;
-                    }
-                }
-            }
-            break;
-        }
         case OP_RESTORE: {
             const tbuf *b = &t->bufs[o->buf[0]];
             memcpy(base[o->buf[0]], b->snap, b->size);

@@ -6,10 +6,7 @@
 
 #include "runtime/runtime.h"
 
-/* OP_GROUP: elementwise operations of one length run block by block
- * (tape_opt.c); i[0] = length, i[1] = block, i[2] = first member in gops,
- * i[3] = member count. */
-enum { OP_HOSTCOPY = MS_KERNEL_COUNT, OP_RESTORE, OP_CHECK, OP_GROUP };
+enum { OP_HOSTCOPY = MS_KERNEL_COUNT, OP_RESTORE, OP_CHECK };
 enum { TB_INPUT, TB_TEMP, TB_CONST };
 
 typedef struct tref {
@@ -39,7 +36,6 @@ typedef struct tbuf {
     bool written;
     bool output;    /* read by the caller after a replay (ms__tape_locate) */
     int64_t olo, ohi; /* ... these bytes, from the base */
-    bool scratch;     /* one block of a group's intermediate: never advanced */
     void *snap;        /* constants: the data; temporaries: content to restore */
     size_t arena_off;  /* temporaries */
 } tbuf;
@@ -54,7 +50,6 @@ typedef struct live_block {
  * strides and scalars in the tape's pool, in operation order. */
 typedef struct rop {
     uint8_t kind, sub, ndim, dt, f0, f1;
-    uint8_t fixed; /* group members: bit j, p[j] does not advance by block */
     uint32_t axes;
     uint32_t aux; /* its arguments: pool[aux ...] */
     int32_t buf[4];
@@ -64,9 +59,6 @@ typedef struct rop {
 struct ms_tape {
     tape_op *ops;
     int nops, capops;
-    tape_op *gops; /* the members of OP_GROUP operations */
-    int ngops;
-    rop *grops;    /* ... as replayed */
     tbuf *bufs;
     int nbufs, capbufs;
     live_block *live;
