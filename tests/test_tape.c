@@ -5,7 +5,8 @@
  * program over a few input blocks and temporaries that the program allocates
  * and frees as it goes (so blocks are reused at the same addresses, as the
  * allocator does): host copies of whole tensors and of ranges, contiguous
- * and strided copy kernels, elementwise kernels out of place and in place,
+ * and strided copy kernels, elementwise kernels out of place and in place
+ * (an operand dense or one broadcast value),
  * reductions over size-1 axes (copies for ref) and real ones,
  * reads through offset views (64-byte aligned or not), accumulating GEMMs,
  * finiteness checks.  The program runs once while recording, the tape is
@@ -139,7 +140,7 @@ typedef struct opnd {
 } opnd;
 
 typedef struct ins {
-    int kind, dst, sub, len, dat;
+    int kind, dst, sub, len, dat, bcast; /* bcast: b is one broadcast value */
     opnd a, b;
 } ins;
 
@@ -183,6 +184,7 @@ static void make_prog(prog *p)
     while (p->n < MAXINS - 1) {
         ins in = {.kind = rnd(I_KINDS), .dst = rnd(NTMP), .len = 16 + rnd(3) * 16};
         in.sub = rnd(3);
+        in.bcast = rnd(3) == 0;
         in.dat = rnd(N - in.len + 1);
         if (in.kind == I_HOSTCOPY || in.kind == I_COPY || in.kind == I_FREE)
             in.len = N, in.dat = 0;
@@ -234,7 +236,7 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
         if (!d && i->kind != I_FREE)
             d = tmp[i->dst] = tmp_alloc();
         const float *a = at(in, tmp, i->a), *b = at(in, tmp, i->b);
-        const int64_t shape[2] = {i->len / 4, 4}, dense[2] = {4, 1};
+        const int64_t shape[2] = {i->len / 4, 4}, dense[2] = {4, 1}, zero[2] = {0, 0};
         const int64_t tshape[2] = {4, i->len / 4}, tread[2] = {1, 4}, rev[2] = {-4, -1};
         switch (i->kind) {
         case I_HOSTCOPY:
@@ -261,8 +263,9 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
         case I_BINARY:
         case I_BINARY_INPLACE:
             if (ms__taping())
-                ms__tape_binary(i->sub, MS_F32, 2, shape, a, dense, b, dense, d + i->dat);
-            k_binary(i->sub, MS_F32, 2, shape, a, dense, b, dense, d + i->dat);
+                ms__tape_binary(i->sub, MS_F32, 2, shape, a, dense, b, i->bcast ? zero : dense,
+                                d + i->dat);
+            k_binary(i->sub, MS_F32, 2, shape, a, dense, b, i->bcast ? zero : dense, d + i->dat);
             break;
         case I_UNARY_INPLACE:
             if (ms__taping())
