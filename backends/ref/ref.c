@@ -193,6 +193,25 @@ static ms_status ref_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x
         }                                                                     \
     } while (0)
 
+/* RUN(T, EXPR) for each binary op, u and v the two elements. */
+#define BIN_SWITCH(op, T, F, RUN)                                             \
+    switch (op) {                                                             \
+    case MS_BINARY_ADD: RUN(T, u + v); break;                                 \
+    case MS_BINARY_SUB: RUN(T, u - v); break;                                 \
+    case MS_BINARY_MUL: RUN(T, u * v); break;                                 \
+    case MS_BINARY_DIV: RUN(T, u / v); break;                                 \
+    case MS_BINARY_POW: RUN(T, pow##F(u, v)); break;                          \
+    case MS_BINARY_MAXIMUM: RUN(T, (u != u || u > v) ? u : v); break;         \
+    case MS_BINARY_MINIMUM: RUN(T, (u != u || u < v) ? u : v); break;         \
+    case MS_BINARY_EQ: RUN(T, u == v ? (T)1 : (T)0); break;                   \
+    case MS_BINARY_NE: RUN(T, u != v ? (T)1 : (T)0); break;                   \
+    case MS_BINARY_LT: RUN(T, u < v ? (T)1 : (T)0); break;                    \
+    case MS_BINARY_LE: RUN(T, u <= v ? (T)1 : (T)0); break;                   \
+    case MS_BINARY_GT: RUN(T, u > v ? (T)1 : (T)0); break;                    \
+    case MS_BINARY_GE: RUN(T, u >= v ? (T)1 : (T)0); break;                   \
+    default: break;                                                           \
+    }
+
 #define DEF_BINARY(T, F, S)                                                   \
     REF_SIMD static void binary_##S(ms_binary_op op, const ref_iter *it,      \
                                     const T *a,                               \
@@ -200,22 +219,7 @@ static ms_status ref_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x
     {                                                                         \
         const int64_t L = it->len;                                            \
         const int64_t la = it->st[0][it->nd - 1], lb = it->st[1][it->nd - 1]; \
-        switch (op) {                                                         \
-        case MS_BINARY_ADD: BIN_RUN(T, u + v); break;                         \
-        case MS_BINARY_SUB: BIN_RUN(T, u - v); break;                         \
-        case MS_BINARY_MUL: BIN_RUN(T, u * v); break;                         \
-        case MS_BINARY_DIV: BIN_RUN(T, u / v); break;                         \
-        case MS_BINARY_POW: BIN_RUN(T, pow##F(u, v)); break;                  \
-        case MS_BINARY_MAXIMUM: BIN_RUN(T, (u != u || u > v) ? u : v); break; \
-        case MS_BINARY_MINIMUM: BIN_RUN(T, (u != u || u < v) ? u : v); break; \
-        case MS_BINARY_EQ: BIN_RUN(T, u == v ? (T)1 : (T)0); break;           \
-        case MS_BINARY_NE: BIN_RUN(T, u != v ? (T)1 : (T)0); break;           \
-        case MS_BINARY_LT: BIN_RUN(T, u < v ? (T)1 : (T)0); break;            \
-        case MS_BINARY_LE: BIN_RUN(T, u <= v ? (T)1 : (T)0); break;           \
-        case MS_BINARY_GT: BIN_RUN(T, u > v ? (T)1 : (T)0); break;            \
-        case MS_BINARY_GE: BIN_RUN(T, u >= v ? (T)1 : (T)0); break;           \
-        default: break;                                                       \
-        }                                                                     \
+        BIN_SWITCH(op, T, F, BIN_RUN);                                        \
     }
 
 DEF_BINARY(float, f, f32)
@@ -230,22 +234,7 @@ DEF_BINARY(double, , f64)
                                          int64_t la, int64_t lb, const T *pa, \
                                          const T *pb, T *restrict py)        \
     {                                                                         \
-        switch (op) {                                                         \
-        case MS_BINARY_ADD: BIN_ROW(T, u + v); break;                         \
-        case MS_BINARY_SUB: BIN_ROW(T, u - v); break;                         \
-        case MS_BINARY_MUL: BIN_ROW(T, u * v); break;                         \
-        case MS_BINARY_DIV: BIN_ROW(T, u / v); break;                         \
-        case MS_BINARY_POW: BIN_ROW(T, pow##F(u, v)); break;                  \
-        case MS_BINARY_MAXIMUM: BIN_ROW(T, (u != u || u > v) ? u : v); break; \
-        case MS_BINARY_MINIMUM: BIN_ROW(T, (u != u || u < v) ? u : v); break; \
-        case MS_BINARY_EQ: BIN_ROW(T, u == v ? (T)1 : (T)0); break;           \
-        case MS_BINARY_NE: BIN_ROW(T, u != v ? (T)1 : (T)0); break;           \
-        case MS_BINARY_LT: BIN_ROW(T, u < v ? (T)1 : (T)0); break;            \
-        case MS_BINARY_LE: BIN_ROW(T, u <= v ? (T)1 : (T)0); break;           \
-        case MS_BINARY_GT: BIN_ROW(T, u > v ? (T)1 : (T)0); break;            \
-        case MS_BINARY_GE: BIN_ROW(T, u >= v ? (T)1 : (T)0); break;           \
-        default: break;                                                       \
-        }                                                                     \
+        BIN_SWITCH(op, T, F, BIN_ROW);                                        \
     }
 
 DEF_BINARY_FLAT(float, f, f32)
