@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "runtime/tape_impl.h"
 
@@ -33,12 +34,17 @@ _Thread_local ms_tape *ms__tape_cur;
 
 ms_tape *ms__tape_new(void) { return calloc(1, sizeof(ms_tape)); }
 
+static void write_profile(const ms_tape *t);
+
 void ms__tape_free(ms_tape *t)
 {
     if (!t)
         return;
     if (cur == t)
         ms__tape_end();
+    if (t->prof)
+        write_profile(t);
+    free(t->prof);
     for (int i = 0; i < t->nbufs; i++)
         free(t->bufs[i].snap);
     free(t->bufs);
@@ -476,7 +482,10 @@ void ms__tape_check(const void *data, int64_t n, ms_dtype dt)
 /* A replay checks every gradient the eager step checks: about as many
  * values as the step's elementwise kernels touch, so the loop is built for
  * AVX-512, AVX2 and baseline and picked at load, as the ref backend's are. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+/* Not under the sanitizers: this library loads with the program, and its
+ * ifunc resolvers would run before the sanitizer's runtime is set up. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                          \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 static bool all_finite(const void *p, int64_t n, ms_dtype dt)
@@ -499,49 +508,75 @@ static void dims(FILE *f, int ndim, const int64_t *v)
     fputc(')', f);
 }
 
-void ms__tape_dump(const ms_tape *t, FILE *f)
+static void dump_op(FILE *f, const tape_op *o, int k)
 {
     static const char *const extra[] = {"hostcopy", "restore", "check"};
-    fprintf(f, "# %d operations, arena %zu bytes\n", t->nops, t->arena_bytes);
-    for (int k = 0; k < t->nops; k++) {
-        const tape_op *o = &t->ops[k];
-        fprintf(f, "%5d %-8s %s", k,
-                o->kind < MS_KERNEL_COUNT ? ms_kernel_name(o->kind) : extra[o->kind - OP_HOSTCOPY],
-                o->dt == MS_F64 ? "f64" : "f32");
-        switch (o->kind) {
-        case MS_KERNEL_UNARY:
-        case MS_KERNEL_ARANGE:
-        case OP_HOSTCOPY:
-        case OP_CHECK:
-            fprintf(f, " op %d n %lld", o->sub, (long long)o->i[0]);
-            break;
-        case MS_KERNEL_GEMM:
-            fprintf(f, " %c%c batch %lld m %lld n %lld k %lld alpha %g beta %g strides %lld %lld %lld",
-                    o->f0 ? 'T' : 'N', o->f1 ? 'T' : 'N', (long long)o->i[0], (long long)o->i[1],
-                    (long long)o->i[2], (long long)o->i[3], o->d[0], o->d[1], (long long)o->i[5],
-                    (long long)o->i[7], (long long)o->i[9]);
-            break;
-        case MS_KERNEL_SOFTMAX:
-            fprintf(f, " %lld x %lld x %lld", (long long)o->i[0], (long long)o->i[1],
-                    (long long)o->i[2]);
-            break;
-        case MS_KERNEL_CONV2D:
-        case MS_KERNEL_CONV2D_BWD_DATA:
-        case MS_KERNEL_CONV2D_BWD_WEIGHTS:
-            fprintf(f, " n %lld c %lld h %lld w %lld o %lld k %lld", (long long)o->cd.n,
-                    (long long)o->cd.c, (long long)o->cd.h, (long long)o->cd.w,
-                    (long long)o->cd.o, (long long)o->cd.kh);
-            break;
-        default:
-            fprintf(f, " op %d axes %u shape ", o->sub, o->axes);
-            dims(f, o->ndim, o->shape);
-            for (int j = 0; j < 3 && o->kind != MS_KERNEL_REDUCE; j++) {
-                fputc(' ', f);
-                dims(f, o->ndim, o->st[j]);
-            }
+    fprintf(f, "%5d %-8s %s", k,
+            o->kind < MS_KERNEL_COUNT ? ms_kernel_name(o->kind) : extra[o->kind - OP_HOSTCOPY],
+            o->dt == MS_F64 ? "f64" : "f32");
+    switch (o->kind) {
+    case MS_KERNEL_UNARY:
+    case MS_KERNEL_ARANGE:
+    case OP_HOSTCOPY:
+    case OP_CHECK:
+        fprintf(f, " op %d n %lld", o->sub, (long long)o->i[0]);
+        break;
+    case MS_KERNEL_GEMM:
+        fprintf(f, " %c%c batch %lld m %lld n %lld k %lld alpha %g beta %g strides %lld %lld %lld",
+                o->f0 ? 'T' : 'N', o->f1 ? 'T' : 'N', (long long)o->i[0], (long long)o->i[1],
+                (long long)o->i[2], (long long)o->i[3], o->d[0], o->d[1], (long long)o->i[5],
+                (long long)o->i[7], (long long)o->i[9]);
+        break;
+    case MS_KERNEL_SOFTMAX:
+        fprintf(f, " %lld x %lld x %lld", (long long)o->i[0], (long long)o->i[1],
+                (long long)o->i[2]);
+        break;
+    case MS_KERNEL_CONV2D:
+    case MS_KERNEL_CONV2D_BWD_DATA:
+    case MS_KERNEL_CONV2D_BWD_WEIGHTS:
+        fprintf(f, " n %lld c %lld h %lld w %lld o %lld k %lld", (long long)o->cd.n,
+                (long long)o->cd.c, (long long)o->cd.h, (long long)o->cd.w, (long long)o->cd.o,
+                (long long)o->cd.kh);
+        break;
+    default:
+        fprintf(f, " op %d axes %u shape ", o->sub, o->axes);
+        dims(f, o->ndim, o->shape);
+        for (int j = 0; j < 3 && o->kind != MS_KERNEL_REDUCE; j++) {
+            fputc(' ', f);
+            dims(f, o->ndim, o->st[j]);
         }
-        fputc('\n', f);
     }
+    fputc('\n', f);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* METASTEP_PLAN_PROFILE=file: when the tape is freed, append to file the
+ * replays' time per operation (microseconds per replay, the clock reads
+ * between operations included) with the operation as the dump prints it. */
+static void write_profile(const ms_tape *t)
+{
+    FILE *f = t->replays ? fopen(getenv("METASTEP_PLAN_PROFILE"), "a") : NULL;
+    if (!f)
+        return;
+    fprintf(f, "# %d operations, %ld replays\n", t->nops, t->replays);
+    for (int k = 0; k < t->nops; k++) {
+        fprintf(f, "%10.3f us ", 1e6 * t->prof[k] / (double)t->replays);
+        dump_op(f, &t->ops[k], k);
+    }
+    fclose(f);
+}
+
+void ms__tape_dump(const ms_tape *t, FILE *f)
+{
+    fprintf(f, "# %d operations, arena %zu bytes\n", t->nops, t->arena_bytes);
+    for (int k = 0; k < t->nops; k++)
+        dump_op(f, &t->ops[k], k);
 }
 
 ms_status ms__tape_locate(ms_tape *t, const void *ptr, size_t bytes, int *id, int64_t *off)
@@ -750,6 +785,9 @@ static ms_status build_rops(ms_tape *t)
     t->pool = malloc(cap * sizeof *t->pool);
     if (!t->rops || !t->pool)
         return MS_ERR_NOMEM;
+    const char *prof = getenv("METASTEP_PLAN_PROFILE");
+    if (prof && *prof && !(t->prof = calloc((size_t)t->nops + 1, sizeof *t->prof)))
+        return MS_ERR_NOMEM;
     for (int k = 0; k < t->nops; k++) {
         const tape_op *o = &t->ops[k];
         rop *r = &t->rops[k];
@@ -844,7 +882,13 @@ ms_status ms__tape_replay(ms_tape *t)
     uint64_t fallbacks[MS_KERNEL_COUNT] = {0};
     char *const *base = t->base;
     ms_status st = MS_OK;
+    double t0 = t->prof ? now() : 0;
     for (int k = 0; k < t->nops && st == MS_OK; k++) {
+        if (t->prof && k) {
+            double t1 = now();
+            t->prof[k - 1] += t1 - t0;
+            t0 = t1;
+        }
         const rop *o = &t->rops[k];
         const int64_t *x = t->pool + o->aux;
         const int nd = o->ndim;
@@ -914,6 +958,10 @@ ms_status ms__tape_replay(ms_tape *t)
         default:
             st = MS_ERR_INVALID_ARG;
         }
+    }
+    if (t->prof && t->nops) {
+        t->prof[t->nops - 1] += now() - t0;
+        t->replays++;
     }
     ms__count_fallbacks(fallbacks);
     return st;

@@ -68,6 +68,8 @@ struct ms_tape {
     char **base; /* per buffer, for the current replay */
     rop *rops;     /* the operations as replayed (after ms__tape_finish) */
     int64_t *pool; /* their arguments */
+    double *prof;  /* METASTEP_PLAN_PROFILE: seconds per operation, summed */
+    long replays;
     ms_status err;
     char why[320]; /* why the recording cannot be replayed ("" when it can) */
     bool finished;
