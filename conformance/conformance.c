@@ -956,7 +956,9 @@ static void family_gemm(ctx *c)
 {
     static const int64_t shapes[][3] = {{1, 1, 1},  {7, 13, 5}, {13, 7, 33}, {33, 33, 33},
                                         {1, 17, 9}, {17, 1, 9}, {1, 1, 19},  {64, 64, 64},
-                                        {5, 8, 0},  {0, 5, 3},  {5, 0, 3}};
+                                        {5, 8, 0},  {0, 5, 3},  {5, 0, 3},
+                                        /* thin: MAML's last layer, outer products */
+                                        {40, 1, 10}, {10, 40, 1}, {9, 17, 1}};
     for (int dti = 0; dti < 2; dti++) {
         ms_dtype dt = (ms_dtype)dti;
         for (int t = 0; t < 4; t++) {
@@ -988,6 +990,11 @@ static void family_gemm(ctx *c)
             case_gemm(c, dt, &b5);
             gemm_case b6 = {ta, tb, 3, 7, 1, 5, 1.0, 0.0, 2, 1, 0, 0, 1, false};
             case_gemm(c, dt, &b6);
+            /* thin, accumulating into C: one column, an outer product */
+            gemm_case b7 = {ta, tb, 4, 11, 1, 6, 1.0, 1.0, 0, 0, 0, 1, 1, false};
+            case_gemm(c, dt, &b7);
+            gemm_case b8 = {ta, tb, 4, 6, 11, 1, 1.0, 1.0, 0, 0, 0, 1, 1, false};
+            case_gemm(c, dt, &b8);
         }
         /* What MAML does: 25 tasks of (10x40)(40x40) with shared weights, and
          * the weight gradient A^T G summed over the batch's rows. */

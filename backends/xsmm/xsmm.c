@@ -22,6 +22,10 @@
  * multiply-add (no zero skipping), so NaN and infinities propagate as IEEE
  * GEMM does, as in the reference backend.
  *
+ * Two thin shapes are plain loops instead (thin_*, below): one output
+ * column with A stored transposed, and outer products with B stored
+ * transposed.
+ *
  * Large problems are cut into TILE_M × TILE_N × TILE_K tiles (the later
  * k-tiles accumulate with beta 1) so that the working set of one kernel call
  * stays in cache: still no packing, one JIT kernel per tile shape.
@@ -246,6 +250,61 @@ typedef enum scale_mode {
 } scale_mode;
 
 /* ------------------------------------------------------------------------ */
+/* thin products                                                             */
+
+/* C = A·B (+ C) for two thin shapes libxsmm serves badly: one output column
+ * with A stored transposed (n = 1: libxsmm vectorizes along the output's
+ * columns), and an outer product with B stored transposed (k = 1, which the
+ * kernels would first transpose).  MAML's 40×1×10 (Aᵀ) and 10×40×1 (Bᵀ)
+ * products took 171 and 141 ns through libxsmm; as loops, a batched
+ * FOMAML step's 40×1×10 products take half the time (METASTEP_PLAN_PROFILE).
+ * Each output is summed over q in order, as the reference backend does. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                          \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define THIN_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define THIN_SIMD
+#endif
+#define THIN_MAX_M 256
+#define DEF_THIN(T, S)                                                                         \
+    THIN_SIMD static void thin_##S(bool ta, int64_t batch, int64_t m, int64_t n, int64_t k,     \
+                                   const T *a, int64_t lda, int64_t sa, const T *b, int64_t sb, \
+                                   bool acc_c, T *c, int64_t ldc, int64_t sc)                   \
+    {                                                                                          \
+        for (int64_t p = 0; p < batch; p++) {                                                  \
+            const T *ap = a + p * sa, *bp = b + p * sb;                                        \
+            T *cp = c + p * sc;                                                                \
+            if (k == 1) { /* C[i, j] = A[i, 0] · B[j, 0] (B stored n×1, ldb 1) */              \
+                for (int64_t i = 0; i < m; i++) {                                              \
+                    const T ai = ta ? ap[i] : ap[i * lda];                                     \
+                    T *restrict ci = cp + i * ldc;                                             \
+                    if (acc_c)                                                                 \
+                        for (int64_t j = 0; j < n; j++)                                        \
+                            ci[j] = ai * bp[j] + ci[j];                                        \
+                    else                                                                       \
+                        for (int64_t j = 0; j < n; j++)                                        \
+                            ci[j] = ai * bp[j];                                                \
+                }                                                                              \
+            } else { /* n = 1, A stored k×m: acc[i] over q in order */                         \
+                T acc[THIN_MAX_M];                                                             \
+                for (int64_t i = 0; i < m; i++)                                                \
+                    acc[i] = 0;                                                                \
+                for (int64_t q = 0; q < k; q++) {                                              \
+                    const T bv = bp[q];                                                        \
+                    const T *restrict aq = ap + q * lda;                                       \
+                    for (int64_t i = 0; i < m; i++)                                            \
+                        acc[i] += aq[i] * bv;                                                  \
+                }                                                                              \
+                for (int64_t i = 0; i < m; i++)                                                \
+                    cp[i * ldc] = acc_c ? acc[i] + cp[i * ldc] : acc[i];                       \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+DEF_THIN(float, f32)
+DEF_THIN(double, f64)
+
+/* ------------------------------------------------------------------------ */
 /* gemm                                                                      */
 
 static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batch, int64_t m,
@@ -270,6 +329,20 @@ static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batc
     if (!fits_int(m) || !fits_int(n) || !fits_int(k) || !fits_int(lda) || !fits_int(ldb) ||
         !fits_int(ldc))
         return MS_ERR_UNSUPPORTED;
+
+    /* B's one column contiguous (n = 1: ldb 1, or B stored transposed), or
+     * B stored transposed n×1 (k = 1, ldb 1) */
+    const bool thin = (n == 1 && trans_a && m <= THIN_MAX_M && (trans_b || ldb == 1)) ||
+                      (k == 1 && trans_b && ldb == 1);
+    if (alpha == 1.0 && (beta == 0.0 || beta == 1.0) && thin) {
+        if (dt == MS_F32)
+            thin_f32(trans_a, batch, m, n, k, a, lda, stride_a, b, stride_b, beta == 1.0, c, ldc,
+                     stride_c);
+        else
+            thin_f64(trans_a, batch, m, n, k, a, lda, stride_a, b, stride_b, beta == 1.0, c, ldc,
+                     stride_c);
+        return MS_OK;
+    }
 
     scale_mode mode;
     if (alpha == 1.0)
