@@ -787,6 +787,59 @@ START_TEST(optimizer_states_by_hand)
 }
 END_TEST
 
+/* Adam with stop_gradients on runs its kernels on plain buffers (the outer
+ * update of every meta-step); with it off, through differentiable ops.  Both
+ * must give the same bits, step after step, on every backend: leaves of
+ * several shapes (one empty), both dtypes, gradients with zeros (a second
+ * moment of 0: sqrt against safe_sqrt) and signs that change. */
+START_TEST(adam_stopped_equals_differentiable)
+{
+    for (int dti = 0; dti < 2; dti++) {
+        const ms_dtype dt = dti ? MS_F64 : MS_F32;
+        static const int64_t shapes[4][2] = {{7, 5}, {1, 33}, {0, 3}, {2, 1}};
+        ms_container *w[2] = {ms_container_new(), ms_container_new()};
+        metastep_optimizer adam = metastep_adam(0.9, 0.999, 1e-8);
+        metastep_optim_state *s[2] = {metastep_optim_state_new(&adam),
+                                      metastep_optim_state_new(&adam)};
+        char key[8];
+        for (int l = 0; l < 4; l++) {
+            double v[64];
+            for (int i = 0; i < 64; i++)
+                v[i] = sin(0.37 * i + l);
+            snprintf(key, sizeof key, "l%d", l);
+            for (int c = 0; c < 2; c++)
+                put(w[c], key, vec(dt, 2, shapes[l], v));
+        }
+        for (int step = 0; step < 6; step++) {
+            ms_container *g = ms_container_new();
+            for (int l = 0; l < 4; l++) {
+                double v[64];
+                for (int i = 0; i < 64; i++)
+                    v[i] = (i + step) % 4 == 0 ? 0.0 : cos(1.3 * i * (step + 1) + l) * (l + 1);
+                snprintf(key, sizeof key, "l%d", l);
+                put(g, key, vec(dt, 2, shapes[l], v));
+            }
+            for (int c = 0; c < 2; c++) {
+                ms_container *next = metastep_optim_step(s[c], w[c], g, 0.01 * (step + 1), c == 0);
+                ck_assert_ptr_nonnull(next);
+                ms_container_release(w[c]);
+                w[c] = next;
+            }
+            for (int l = 0; l < 4; l++) {
+                const ms_tensor *a = ms_container_at(w[0], l), *b = ms_container_at(w[1], l);
+                ck_assert_mem_eq(ms_tensor_data((ms_tensor *)a), ms_tensor_data((ms_tensor *)b),
+                                 (size_t)ms_tensor_numel(a) * ms_dtype_size(dt));
+            }
+            ms_container_release(g);
+        }
+        for (int c = 0; c < 2; c++) {
+            ms_container_release(w[c]);
+            metastep_optim_state_release(s[c]);
+        }
+    }
+}
+END_TEST
+
 /* Issue 12: a restored optimizer state with a misshapen, missing or extra
  * leaf was accepted (and trained to NaN); the next step refuses it. */
 START_TEST(optimizer_state_must_match_variables)
@@ -1078,6 +1131,7 @@ int main(void)
     tcase_add_test(opt, option_stop_gradients);
     tcase_add_test(opt, gradient_descent_update_like_ivy);
     tcase_add_test(opt, optimizer_states_by_hand);
+    tcase_add_test(opt, adam_stopped_equals_differentiable);
     tcase_add_test(opt, optimizer_state_must_match_variables);
     suite_add_tcase(s, opt);
     TCase *bad = tcase_create("bad input");
