@@ -859,7 +859,10 @@ static ms_status build_rops(ms_tape *t)
 
 ms_status ms__tape_replay(ms_tape *t)
 {
-    if (!t->finished)
+    /* a replay calls the backend's table directly, past the recorder: inside
+     * another trace on this thread (a compiled step run by a traced cost
+     * function) it declines, and the plan runs the step eagerly, recorded */
+    if (!t->finished || ms__taping())
         return MS_ERR_INVALID_ARG;
     const ms_backend *be = ms__active_table(), *ref = ms__ref();
     if (!be || !ref)
