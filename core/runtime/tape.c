@@ -336,14 +336,8 @@ ms_status ms__tape_gemm(ms_dtype dt, bool ta, bool tb, int64_t batch, int64_t m,
     o.i[9] = sc;
     o.d[0] = alpha;
     o.d[1] = beta;
-    int64_t ea = 0, eb = 0, ec = 0;
-    if (batch > 0 && m > 0 && n > 0) {
-        if (k > 0) {
-            ea = (batch - 1) * sa + (ta ? (k - 1) * lda + m : (m - 1) * lda + k);
-            eb = (batch - 1) * sb + (tb ? (n - 1) * ldb + k : (k - 1) * ldb + n);
-        }
-        ec = (batch - 1) * sc + (m - 1) * ldc + n;
-    }
+    int64_t ea, eb, ec;
+    ms__tape_gemm_extents(o.i, ta, tb, &ea, &eb, &ec);
     o.p[0] = rd(t, a, ea * (int64_t)es);
     o.p[1] = rd(t, b, eb * (int64_t)es);
     if (beta != 0)

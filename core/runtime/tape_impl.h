@@ -107,6 +107,21 @@ static inline void ms__tape_extent(int ndim, const int64_t *shape, const int64_t
     *hi = (b + 1) * (int64_t)es;
 }
 
+/* Elements a GEMM reads of A and B and writes of C from their pointers,
+ * i = batch, m, n, k, lda, sa, ldb, sb, ldc, sc (a gemm op's i[]). */
+static inline void ms__tape_gemm_extents(const int64_t *i, bool ta, bool tb, int64_t *ea,
+                                         int64_t *eb, int64_t *ec)
+{
+    *ea = *eb = *ec = 0;
+    if (i[0] <= 0 || i[1] <= 0 || i[2] <= 0)
+        return;
+    if (i[3] > 0) {
+        *ea = (i[0] - 1) * i[5] + (ta ? (i[3] - 1) * i[4] + i[1] : (i[1] - 1) * i[4] + i[3]);
+        *eb = (i[0] - 1) * i[7] + (tb ? (i[2] - 1) * i[6] + i[3] : (i[3] - 1) * i[6] + i[2]);
+    }
+    *ec = (i[0] - 1) * i[9] + (i[1] - 1) * i[8] + i[2];
+}
+
 /* Rewrite a finished recording so that it computes the same bytes with fewer
  * operations (tape_opt.c); before the arena is planned.  Then recompute
  * every temporary's lifetime and byte range from the remaining operations. */

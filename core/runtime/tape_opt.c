@@ -73,15 +73,8 @@ static int accesses(const ms_tape *t, const tape_op *o, int op, acc *a)
         break;
     }
     case MS_KERNEL_GEMM: {
-        /* i = batch, m, n, k, lda, sa, ldb, sb, ldc, sc */
-        int64_t ea = 0, eb = 0, ec = 0;
-        if (i[0] > 0 && i[1] > 0 && i[2] > 0) {
-            if (i[3] > 0) {
-                ea = (i[0] - 1) * i[5] + (o->f0 ? (i[3] - 1) * i[4] + i[1] : (i[1] - 1) * i[4] + i[3]);
-                eb = (i[0] - 1) * i[7] + (o->f1 ? (i[2] - 1) * i[6] + i[3] : (i[3] - 1) * i[6] + i[2]);
-            }
-            ec = (i[0] - 1) * i[9] + (i[1] - 1) * i[8] + i[2];
-        }
+        int64_t ea, eb, ec;
+        ms__tape_gemm_extents(i, o->f0, o->f1, &ea, &eb, &ec);
         DENSE(0, false, ea * es);
         DENSE(1, false, eb * es);
         if (o->d[1] != 0)
