@@ -131,7 +131,7 @@ void ms__count_fallbacks(const uint64_t *n) { (void)n; }
 
 enum { N = 64, NIN = 3, NTMP = 8, NOUT = 3, MAXINS = 60 };
 enum { I_HOSTCOPY, I_HOSTCOPY_RANGE, I_COPY, I_COPY_STRIDED, I_BINARY, I_BINARY_INPLACE,
-       I_UNARY_INPLACE, I_GEMM_ACC, I_REDUCE, I_CHECK, I_FREE, I_KINDS };
+       I_UNARY_INPLACE, I_GEMM_ACC, I_REDUCE, I_CHECK, I_FREE, I_FRESH, I_KINDS };
 
 /* An operand: input or temporary `slot`, starting at element `at`. */
 typedef struct opnd {
@@ -181,8 +181,40 @@ static void make_prog(prog *p)
     for (int t = 0; t < NTMP; t++)
         p->ins[p->n++] = (ins){.kind = I_HOSTCOPY, .dst = t, .len = N,
                                .a = {.input = true, .slot = rnd(NIN)}};
-    while (p->n < MAXINS - 1) {
+    while (p->n < MAXINS - 3) {
         ins in = {.kind = rnd(I_KINDS), .dst = rnd(NTMP), .len = 16 + rnd(3) * 16};
+        if (in.kind == I_FRESH) {
+            /* A new block for dst, its first write elementwise from temporary
+             * s, which often dies right there (the in-place candidates):
+             * binary (sub 0-2) or unary (sub 3); s as a or b, dense or one
+             * broadcast value, or as both at offsets 0 and 16 (len N - 16,
+             * the rest of the block from an input). */
+            const int s = (in.dst + 1 + rnd(NTMP - 1)) % NTMP, shape = rnd(4);
+            in.sub = rnd(4);
+            in.len = N;
+            in.bcast = shape == 1;
+            in.a = (opnd){.slot = s};
+            in.b = pick(in.dst, N);
+            if (shape == 2) {
+                opnd t = in.a;
+                in.a = in.b;
+                in.b = t;
+            } else if (shape == 3) {
+                in.len = N - 16;
+                in.a.at = rnd(2) ? 16 : 0;
+                in.b = (opnd){.slot = s, .at = 16 - in.a.at};
+            }
+            p->ins[p->n++] = in;
+            if (in.len < N)
+                p->ins[p->n++] = (ins){.kind = I_HOSTCOPY_RANGE, .dst = in.dst, .dat = in.len,
+                                       .len = N - in.len, .a = {.input = true, .slot = rnd(NIN)}};
+            if (rnd(2)) { /* s dies: freed, then written whole again */
+                p->ins[p->n++] = (ins){.kind = I_FREE, .dst = s};
+                p->ins[p->n++] = (ins){.kind = I_COPY, .dst = s, .len = N,
+                                       .a = {.input = true, .slot = rnd(NIN)}};
+            }
+            continue;
+        }
         in.sub = rnd(3);
         in.bcast = rnd(3) == 0;
         in.dat = rnd(N - in.len + 1);
@@ -295,6 +327,21 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
             ms__tape_check(d + i->dat, i->len, MS_F32);
             for (int j = 0; j < i->len; j++)
                 finite = finite && d[i->dat + j] - d[i->dat + j] == 0;
+            break;
+        case I_FRESH:
+            tmp_free(d);
+            d = tmp[i->dst] = tmp_alloc();
+            a = at(in, tmp, i->a), b = at(in, tmp, i->b);
+            if (i->sub == 3) {
+                if (ms__taping())
+                    ms__tape_unary(MS_UNARY_SQUARE, MS_F32, i->len, a, d);
+                k_unary(MS_UNARY_SQUARE, MS_F32, i->len, a, d);
+            } else {
+                if (ms__taping())
+                    ms__tape_binary(i->sub, MS_F32, 2, shape, a, dense, b,
+                                    i->bcast ? zero : dense, d);
+                k_binary(i->sub, MS_F32, 2, shape, a, dense, b, i->bcast ? zero : dense, d);
+            }
             break;
         case I_FREE:
             tmp_free(d);

@@ -151,28 +151,32 @@ static ms_status ref_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x
 /* binary                                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* One row of L outputs; u = a element, v = b element. */
+/* One row of L outputs; u = a element, v = b element.  y may be the same
+ * buffer as a dense operand (compiled steps write results in place over an
+ * operand that dies there): each element is read before its own output is
+ * written and no element reads another's output, so there is no dependence
+ * between iterations (ivdep), and py carries no restrict. */
 #define BIN_ROW(T, EXPR)                                                      \
     do {                                                                      \
         if (la == 1 && lb == 1) {                                             \
-            for (int64_t i = 0; i < L; ++i) {                                 \
+            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
                 const T u = pa[i], v = pb[i];                                 \
                 py[i] = (EXPR);                                               \
             }                                                                 \
         } else if (la == 1 && lb == 0) {                                      \
             const T v = pb[0];                                                \
-            for (int64_t i = 0; i < L; ++i) {                                 \
+            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
                 const T u = pa[i];                                            \
                 py[i] = (EXPR);                                               \
             }                                                                 \
         } else if (la == 0 && lb == 1) {                                      \
             const T u = pa[0];                                                \
-            for (int64_t i = 0; i < L; ++i) {                                 \
+            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
                 const T v = pb[i];                                            \
                 py[i] = (EXPR);                                               \
             }                                                                 \
         } else {                                                              \
-            for (int64_t i = 0; i < L; ++i) {                                 \
+            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
                 const T u = pa[i * la], v = pb[i * lb];                       \
                 py[i] = (EXPR);                                               \
             }                                                                 \
@@ -183,7 +187,7 @@ static ms_status ref_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x
     do {                                                                      \
         int64_t idx_[MS_MAX_DIMS] = {0};                                      \
         int64_t off_[2] = {0, 0};                                             \
-        T *restrict py = y;                                                   \
+        T *py = y;                                                            \
         for (int64_t o_ = 0; o_ < it->outer; ++o_) {                          \
             const T *pa = a + off_[0];                                        \
             const T *pb = b + off_[1];                                        \
@@ -232,7 +236,7 @@ DEF_BINARY(double, , f64)
 #define DEF_BINARY_FLAT(T, F, S)                                              \
     REF_SIMD static void binary_flat_##S(ms_binary_op op, int64_t L,          \
                                          int64_t la, int64_t lb, const T *pa, \
-                                         const T *pb, T *restrict py)        \
+                                         const T *pb, T *py)                 \
     {                                                                         \
         BIN_SWITCH(op, T, F, BIN_ROW);                                        \
     }

@@ -1,7 +1,7 @@
 /* Rewriting a finished kernel tape before its arena is planned, so that a
  * replay does less and still writes the same bytes as the eager step.
  *
- * Two passes, both exact by construction (no arithmetic is changed, only
+ * Three passes, all exact by construction (no arithmetic is changed, only
  * which copy of the same bytes an operation reads, and whether an operation
  * whose result nobody reads runs at all):
  *   - copy forwarding: an operation that reads the destination of a plain
@@ -16,6 +16,14 @@
  *     later operation reads (and no caller reads after the replay) is
  *     dropped, from the end backwards, so whole chains go: the forwarded
  *     copies, and results the eager step computes and never uses.
+ *   - in place: an elementwise result whose operand is a temporary read for
+ *     the last time by that operation, densely in the result's order, takes
+ *     the operand's bytes (the result's temporary is merged into the
+ *     operand's), so the kernel stores into lines it has just loaded
+ *     instead of missing on a fresh part of the arena, and the arena
+ *     shrinks.  Unary kernels accept y = x on every backend (the ABI says
+ *     so); binary ones only when ref computes them, which documents it.
+ *     Each element is still computed from the same operand values.
  * Finiteness checks are never dropped: a replay makes every check the eager
  * step made, at the same point.  A forwarded read keeps its address modulo
  * 64 bytes, so every kernel sees operands aligned exactly as in the eager
@@ -285,6 +293,90 @@ static ms_status drop_dead(ms_tape *t)
     return MS_OK;
 }
 
+/* Whether binary operand j walks all of y's elements in y's (dense) order. */
+static bool dense_as_y(const tape_op *o, int j)
+{
+    int64_t want = 1;
+    for (int d = o->ndim - 1; d >= 0; d--) {
+        if (o->shape[d] == 1)
+            continue;
+        if (o->st[j][d] != want)
+            return false;
+        want *= o->shape[d];
+    }
+    return true;
+}
+
+/* A temporary whose bytes only the tape's operations give meaning to. */
+static bool private_temp(const ms_tape *t, int buf)
+{
+    const tbuf *b = &t->bufs[buf];
+    return b->kind == TB_TEMP && !b->output && !b->snap;
+}
+
+/* Merge the result of each elementwise operation into an operand that dies
+ * there (see the top of this file).  g: the accesses of the tape as it is. */
+static ms_status in_place(ms_tape *t, const by_buf *g, bool ref_binary)
+{
+    int *first = malloc(((size_t)t->nbufs + 1) * sizeof *first);
+    int *last = malloc(((size_t)t->nbufs + 1) * sizeof *last);
+    if (!first || !last) {
+        free(first);
+        free(last);
+        return MS_ERR_NOMEM;
+    }
+    for (int b = 0; b < t->nbufs; b++) {
+        const bool any = g->start[b + 1] > g->start[b];
+        first[b] = any ? g->a[g->start[b]].op : -1;
+        last[b] = any ? g->a[g->start[b + 1] - 1].op : -1;
+    }
+    for (int k = 0; k < t->nops; k++) {
+        tape_op *o = &t->ops[k];
+        int yr, nc = 0, cand[2];
+        if (o->kind == MS_KERNEL_UNARY) {
+            yr = 1;
+            cand[nc++] = 0;
+        } else if (o->kind == MS_KERNEL_BINARY && ref_binary) {
+            yr = 2;
+            for (int j = 0; j < 2; j++)
+                if (dense_as_y(o, j))
+                    cand[nc++] = j;
+        } else {
+            continue;
+        }
+        const tref y = o->p[yr];
+        if (y.buf < 0 || !private_temp(t, y.buf) || first[y.buf] != k)
+            continue;
+        for (int c = 0; c < nc; c++) {
+            const tref x = o->p[cand[c]];
+            if (x.buf < 0 || x.buf == y.buf || !private_temp(t, x.buf) || last[x.buf] != k ||
+                (x.off - y.off) % 64 != 0)
+                continue;
+            if (yr == 2) { /* the other operand: not y, and x only as x itself */
+                const int j = 1 - cand[c];
+                const tref w = o->p[j];
+                if (w.buf == y.buf ||
+                    (w.buf == x.buf && (w.off != x.off || !dense_as_y(o, j))))
+                    continue;
+            }
+            for (int e = g->start[y.buf]; e < g->start[y.buf + 1]; e++) {
+                tape_op *q = &t->ops[g->a[e].op];
+                for (int r = 0; r < 4; r++)
+                    if (q->p[r].buf == y.buf) {
+                        q->p[r].buf = x.buf;
+                        q->p[r].off += x.off - y.off;
+                    }
+            }
+            last[x.buf] = last[y.buf];
+            first[y.buf] = last[y.buf] = -1;
+            break;
+        }
+    }
+    free(first);
+    free(last);
+    return MS_OK;
+}
+
 /* Remove the dropped operations and recompute each temporary's first and
  * last use and its byte range from what remains. */
 static void compact(ms_tape *t)
@@ -351,6 +443,18 @@ ms_status ms__tape_optimize(ms_tape *t)
     free(g.start);
     if (st == MS_OK)
         st = drop_dead(t);
+    if (st == MS_OK)
+        compact(t);
+    /* in place, on the compacted tape's accesses */
+    const bool ref_binary =
+        be && ref && (be == ref || !MS_BACKEND_HAS_SLOT(be, binary) || !be->binary);
+    g = (by_buf){0};
+    if (st == MS_OK)
+        st = group(t, &g);
+    if (st == MS_OK)
+        st = in_place(t, &g, ref_binary);
+    free(g.a);
+    free(g.start);
     if (st == MS_OK)
         compact(t);
     return st;

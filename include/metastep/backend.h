@@ -112,7 +112,11 @@ typedef struct ms_backend {
     ms_status (*unary)(ms_unary_op op, ms_dtype dt, int64_t n, const void *x, void *y);
 
     /* y = a op b over `shape` (ndim dims).  y is contiguous; sa and sb are the
-     * operands' strides per output dim, 0 where the operand is broadcast. */
+     * operands' strides per output dim, 0 where the operand is broadcast.
+     * Other backends are never given aliased buffers here; the reference
+     * backend also accepts y equal to a (or b) when that operand walks y's
+     * elements in y's order, which compiled steps use when ref serves this
+     * slot (an elementwise result written over an operand that dies there). */
     ms_status (*binary)(ms_binary_op op, ms_dtype dt, int ndim, const int64_t *shape,
                         const void *a, const int64_t *sa, const void *b, const int64_t *sb,
                         void *y);
