@@ -958,7 +958,7 @@ static void family_gemm(ctx *c)
                                         {1, 17, 9}, {17, 1, 9}, {1, 1, 19},  {64, 64, 64},
                                         {5, 8, 0},  {0, 5, 3},  {5, 0, 3},
                                         /* thin: MAML's last layer, outer products */
-                                        {40, 1, 10}, {10, 40, 1}, {9, 17, 1}};
+                                        {40, 1, 10}, {10, 40, 1}, {9, 17, 1}, {10, 1, 40}};
     for (int dti = 0; dti < 2; dti++) {
         ms_dtype dt = (ms_dtype)dti;
         for (int t = 0; t < 4; t++) {
@@ -995,6 +995,11 @@ static void family_gemm(ctx *c)
             case_gemm(c, dt, &b7);
             gemm_case b8 = {ta, tb, 4, 6, 11, 1, 1.0, 1.0, 0, 0, 0, 1, 1, false};
             case_gemm(c, dt, &b8);
+            /* one column over a long k (whole vectors and a tail), padded */
+            gemm_case b9 = {ta, tb, 3, 5, 1, 37, 1.0, 0.0, 3, 0, 2, 2, 2, false};
+            case_gemm(c, dt, &b9);
+            gemm_case b10 = {ta, tb, 3, 5, 1, 37, 1.0, 1.0, 0, 0, 0, 1, 0, false};
+            case_gemm(c, dt, &b10);
         }
         /* What MAML does: 25 tasks of (10x40)(40x40) with shared weights, and
          * the weight gradient A^T G summed over the batch's rows. */
