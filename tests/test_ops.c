@@ -556,6 +556,149 @@ START_TEST(reductions)
 }
 END_TEST
 
+/* ------------------------------------------- random cases, bit for bit */
+
+/* The reference backend's elementwise and reduction kernels take faster
+ * paths by shape (flat operands, rows, columns with register accumulators,
+ * in place); every path must give the bits of the plain definition: each
+ * element by the one IEEE operation in the dtype, each reduction accumulated
+ * in double over its elements in row-major order.  Random shapes (1-4 dims,
+ * sizes 1-37, many of 1), operands broadcast along random dims or permuted,
+ * random axes. */
+static uint64_t bw_rng = 88172645463325252ull;
+static int bw_rnd(int n)
+{
+    bw_rng ^= bw_rng << 13, bw_rng ^= bw_rng >> 7, bw_rng ^= bw_rng << 17;
+    return (int)(bw_rng % (uint64_t)n);
+}
+
+static void bw_shape(int *nd, int64_t *shape)
+{
+    static const int64_t sizes[] = {1, 1, 2, 3, 5, 8, 10, 16, 17, 25, 33, 37, 40};
+    *nd = 1 + bw_rnd(4);
+    for (int d = 0; d < *nd; d++)
+        shape[d] = sizes[bw_rnd((int)(sizeof sizes / sizeof *sizes))];
+}
+
+/* Equal values, or both NaN (0/0 among the random divisions). */
+static bool same(double x, double w) { return x == w || (x != x && w != w); }
+
+/* x as dtype dt, at flat index i (of a contiguous tensor) */
+static double bw_val(ms_dtype dt, int64_t i) { return rd(dt, (double)((i * 7919) % 2003 - 1001) / 97.0); }
+
+START_TEST(random_bitwise)
+{
+    const int ops = 6; /* add sub mul div maximum minimum */
+    bop fns[6] = {ms_add, ms_sub, ms_mul, ms_div, ms_maximum, ms_minimum};
+    rop rfns[4] = {ms_sum, ms_mean, ms_max, ms_min};
+    for (int rep = 0; rep < 400; rep++) {
+        ms_dtype dt = dtypes[rep % 2];
+        int nd;
+        int64_t shape[4], sa[4], sb[4];
+        bw_shape(&nd, shape);
+        /* operands: each dim kept or 1 (broadcast); b sometimes permuted */
+        for (int d = 0; d < nd; d++) {
+            sa[d] = bw_rnd(4) ? shape[d] : 1;
+            sb[d] = bw_rnd(4) ? shape[d] : 1;
+            shape[d] = sa[d] > sb[d] ? sa[d] : sb[d]; /* the broadcast shape */
+        }
+        int64_t na = count(nd, sa), nb = count(nd, sb), n = count(nd, shape);
+        double *va = malloc(sizeof(double) * (size_t)na), *vb = malloc(sizeof(double) * (size_t)nb);
+        for (int64_t i = 0; i < na; i++)
+            va[i] = bw_val(dt, i);
+        for (int64_t i = 0; i < nb; i++)
+            vb[i] = bw_val(dt, i + 5) + (bw_val(dt, i) == 0 ? 0.5 : 0);
+        ms_tensor *a = mk(dt, nd, sa, va), *b = NULL;
+        const bool perm = nd >= 2 && bw_rnd(3) == 0;
+        if (perm) { /* b built transposed, then permuted back: a strided view */
+            int64_t tb[4];
+            int p[4];
+            for (int d = 0; d < nd; d++)
+                tb[d] = sb[nd - 1 - d], p[d] = nd - 1 - d;
+            /* vb in b's logical order, stored transposed */
+            double *vt = malloc(sizeof(double) * (size_t)nb);
+            int64_t idx[4];
+            for (int64_t i = 0; i < nb; i++) {
+                unravel(i, nd, sb, idx);
+                int64_t o = 0;
+                for (int d = 0; d < nd; d++)
+                    o = o * tb[d] + idx[nd - 1 - d];
+                vt[o] = vb[i];
+            }
+            b = ms_permute(mk(dt, nd, tb, vt), p);
+            free(vt);
+        } else {
+            b = mk(dt, nd, sb, vb);
+        }
+        ck_assert_ptr_nonnull(b);
+        const int op = bw_rnd(ops);
+        ms_tensor *y = fns[op](a, b);
+        ck_assert_ptr_nonnull(y);
+        int64_t idx[4];
+        for (int64_t i = 0; i < n; i++) {
+            unravel(i, nd, shape, idx);
+            double u = va[bindex(nd, idx, nd, sa)], v = vb[bindex(nd, idx, nd, sb)], w;
+            if (dt == MS_F32) {
+                float fu = (float)u, fv = (float)v;
+                w = op == 0 ? fu + fv : op == 1 ? fu - fv : op == 2 ? fu * fv : op == 3 ? fu / fv
+                    : op == 4 ? (fu > fv ? fu : fv) : (fu < fv ? fu : fv);
+            } else {
+                w = op == 0 ? u + v : op == 1 ? u - v : op == 2 ? u * v : op == 3 ? u / v
+                    : op == 4 ? (u > v ? u : v) : (u < v ? u : v);
+            }
+            ck_assert_msg(same(at(y, i), w),
+                          "rep %d op %d%s shape (%lld,%lld,%lld,%lld) a (%lld,%lld,%lld,%lld) b "
+                          "(%lld,%lld,%lld,%lld) element %lld: %.17g, expected %.17g",
+                          rep, op, perm ? " (b permuted)" : "", (long long)shape[0],
+                          (long long)(nd > 1 ? shape[1] : 0), (long long)(nd > 2 ? shape[2] : 0),
+                          (long long)(nd > 3 ? shape[3] : 0), (long long)sa[0],
+                          (long long)(nd > 1 ? sa[1] : 0), (long long)(nd > 2 ? sa[2] : 0),
+                          (long long)(nd > 3 ? sa[3] : 0), (long long)sb[0],
+                          (long long)(nd > 1 ? sb[1] : 0), (long long)(nd > 2 ? sb[2] : 0),
+                          (long long)(nd > 3 ? sb[3] : 0), (long long)i, at(y, i), w);
+        }
+        /* a reduction of y over random axes, accumulated in double in order */
+        int axes[4], nax = 0;
+        unsigned mask = 0;
+        for (int d = 0; d < nd; d++)
+            if (bw_rnd(2))
+                axes[nax++] = d, mask |= 1u << d;
+        if (!nax)
+            axes[nax++] = nd - 1, mask |= 1u << (nd - 1);
+        const int rop_i = bw_rnd(4);
+        ms_tensor *r = rfns[rop_i](y, nax, axes, false);
+        ck_assert_ptr_nonnull(r);
+        int64_t oshape[4], on = 1, cnt = 1;
+        for (int d = 0; d < nd; d++) {
+            oshape[d] = (mask >> d) & 1 ? 1 : shape[d];
+            on *= oshape[d];
+            cnt *= (mask >> d) & 1 ? shape[d] : 1;
+        }
+        double *acc = malloc(sizeof(double) * (size_t)on);
+        for (int64_t o = 0; o < on; o++)
+            acc[o] = rop_i == 2 ? -INFINITY : rop_i == 3 ? INFINITY : 0;
+        for (int64_t i = 0; i < n; i++) { /* row-major: each output's terms in order */
+            unravel(i, nd, shape, idx);
+            int64_t o = 0;
+            for (int d = 0; d < nd; d++)
+                o = o * oshape[d] + ((mask >> d) & 1 ? 0 : idx[d]);
+            double v = at(y, i);
+            acc[o] = rop_i <= 1 ? acc[o] + v : rop_i == 2 ? (v > acc[o] ? v : acc[o])
+                                                          : (v < acc[o] ? v : acc[o]);
+        }
+        for (int64_t o = 0; o < on; o++) {
+            double w = rop_i == 1 ? acc[o] / (double)cnt : acc[o];
+            w = rd(dt, w);
+            ck_assert_msg(same(at(r, o), w), "rep %d reduce %d mask %u output %lld: %.17g, expected %.17g",
+                          rep, rop_i, mask, (long long)o, at(r, o), w);
+        }
+        free(acc);
+        free(va);
+        free(vb);
+    }
+}
+END_TEST
+
 /* --------------------------------------------------------------- matmul */
 
 /* naive C = A @ B with NumPy's batch broadcasting, both operands rank >= 2 */
@@ -1207,6 +1350,7 @@ int main(void)
     tcase_add_loop_test(tc, binary_same_shape, 0, 2);
     tcase_add_loop_test(tc, comparisons, 0, 2);
     tcase_add_loop_test(tc, broadcasting, 0, 2);
+    tcase_add_test(tc, random_bitwise);
     tcase_add_loop_test(tc, tensor_scalar, 0, 2);
     tc = tcase(s, "reductions");
     tcase_add_loop_test(tc, reductions, 0, 2);

@@ -342,11 +342,34 @@ static ms_status ref_binary(ms_binary_op op, ms_dtype dt, int ndim, const int64_
         y[i] = red_fin_##S(op, acc, count);                                   \
     }
 
+/* C columns at once with their accumulators in registers (a fixed-size
+ * array the compiler keeps in vector registers), each column still summed
+ * over r in order: the same operations as the blocked loop below, whose
+ * accumulators live in memory, where every row waits on a store. */
+#define RED_COLS_CHUNK(T, S, STEP, INIT, C)                                   \
+    for (; j0 + (C) <= K2; j0 += (C)) {                                       \
+        double ac[C];                                                         \
+        for (int c = 0; c < (C); ++c) ac[c] = (INIT);                         \
+        for (int64_t r = 0; r < R; ++r) {                                     \
+            const T *xr = xb + r * K2 + j0;                                   \
+            for (int c = 0; c < (C); ++c) {                                   \
+                const double v = (double)xr[c];                               \
+                ac[c] = STEP(ac[c], v);                                       \
+            }                                                                 \
+        }                                                                     \
+        for (int c = 0; c < (C); ++c)                                         \
+            yb[j0 + c] = red_fin_##S(op, ac[c], count);                       \
+    }
+
 #define RED_COLS_BODY(T, S, STEP, INIT)                                       \
     for (int64_t i = 0; i < K1; ++i) {                                        \
         const T *xb = x + i * R * K2;                                         \
         T *yb = y + i * K2;                                                   \
-        for (int64_t j0 = 0; j0 < K2; j0 += REF_BLOCK) {                      \
+        int64_t j0 = 0;                                                       \
+        RED_COLS_CHUNK(T, S, STEP, INIT, 32);                                 \
+        RED_COLS_CHUNK(T, S, STEP, INIT, 16);                                 \
+        RED_COLS_CHUNK(T, S, STEP, INIT, 8);                                  \
+        for (; j0 < K2; j0 += REF_BLOCK) {                                    \
             const int64_t nb = K2 - j0 < REF_BLOCK ? K2 - j0 : REF_BLOCK;     \
             for (int64_t j = 0; j < nb; ++j) acc[j] = (INIT);                 \
             for (int64_t r = 0; r < R; ++r) {                                 \
