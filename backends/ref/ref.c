@@ -31,6 +31,15 @@
 #define REF_SIMD
 #endif
 
+/* No dependence between a row loop's iterations, though y may be a dense
+ * operand's buffer (below); GCC's spelling (other compilers check at run
+ * time). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define REF_IVDEP _Pragma("GCC ivdep")
+#else
+#define REF_IVDEP
+#endif
+
 static bool dtype_ok(ms_dtype dt) { return dt == MS_F32 || dt == MS_F64; }
 
 /* ------------------------------------------------------------------------ */
@@ -159,24 +168,24 @@ static ms_status ref_unary(ms_unary_op op, ms_dtype dt, int64_t n, const void *x
 #define BIN_ROW(T, EXPR)                                                      \
     do {                                                                      \
         if (la == 1 && lb == 1) {                                             \
-            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
+            REF_IVDEP for (int64_t i = 0; i < L; ++i) {                      \
                 const T u = pa[i], v = pb[i];                                 \
                 py[i] = (EXPR);                                               \
             }                                                                 \
         } else if (la == 1 && lb == 0) {                                      \
             const T v = pb[0];                                                \
-            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
+            REF_IVDEP for (int64_t i = 0; i < L; ++i) {                      \
                 const T u = pa[i];                                            \
                 py[i] = (EXPR);                                               \
             }                                                                 \
         } else if (la == 0 && lb == 1) {                                      \
             const T u = pa[0];                                                \
-            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
+            REF_IVDEP for (int64_t i = 0; i < L; ++i) {                      \
                 const T v = pb[i];                                            \
                 py[i] = (EXPR);                                               \
             }                                                                 \
         } else {                                                              \
-            _Pragma("GCC ivdep") for (int64_t i = 0; i < L; ++i) {            \
+            REF_IVDEP for (int64_t i = 0; i < L; ++i) {                      \
                 const T u = pa[i * la], v = pb[i * lb];                       \
                 py[i] = (EXPR);                                               \
             }                                                                 \
