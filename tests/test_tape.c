@@ -225,9 +225,11 @@ static void make_prog(prog *p)
         if (in.kind == I_BINARY_INPLACE)
             in.a = (opnd){.slot = in.dst, .at = in.dat};
         p->ins[p->n++] = in;
-        if (in.kind == I_FREE) /* write it whole again right away */
-            p->ins[p->n++] = (ins){.kind = rnd(2) ? I_HOSTCOPY : I_COPY, .dst = in.dst, .len = N,
-                                   .a = pick(in.dst, N)};
+        if (in.kind == I_FREE) { /* write it whole again right away: copied, or transposed */
+            const int how = rnd(3);
+            p->ins[p->n++] = (ins){.kind = how == 2 ? I_COPY_STRIDED : how ? I_HOSTCOPY : I_COPY,
+                                   .sub = 2, .dst = in.dst, .len = N, .a = pick(in.dst, N)};
+        }
     }
     for (int k = 0; k < NOUT; k++)
         p->outs[k] = rnd(NTMP);
@@ -281,7 +283,12 @@ static bool run(const prog *p, float *const *in, float out[NOUT][N], ms_tape *ta
             k_copy(MS_F32, 2, shape, a, dense, d, dense);
             break;
         case I_COPY_STRIDED:
-            if (i->sub) { /* a transposed read */
+            if (i->sub == 2) { /* a transposed write */
+                const int64_t tdense[2] = {i->len / 4, 1};
+                if (ms__taping())
+                    ms__tape_copy(MS_F32, 2, tshape, a, tdense, d + i->dat, tread);
+                k_copy(MS_F32, 2, tshape, a, tdense, d + i->dat, tread);
+            } else if (i->sub) { /* a transposed read */
                 if (ms__taping())
                     ms__tape_copy(MS_F32, 2, tshape, a, tread, d + i->dat, dense);
                 k_copy(MS_F32, 2, tshape, a, tread, d + i->dat, dense);

@@ -184,6 +184,38 @@ static ms_status group(const ms_tape *t, by_buf *g)
     return MS_OK;
 }
 
+/* Whether o's strides st[j] walk its shape densely, in row-major order
+ * (size-1 dims are free): for an elementwise operand, element for element
+ * with the contiguous result. */
+static bool dense(const tape_op *o, int j)
+{
+    int64_t want = 1;
+    for (int d = o->ndim - 1; d >= 0; d--) {
+        if (o->shape[d] == 1)
+            continue;
+        if (o->st[j][d] != want)
+            return false;
+        want *= o->shape[d];
+    }
+    return true;
+}
+
+/* Make every reference to buffer `from` in the operations that access it
+ * (g), except op `keep`, a reference to buffer `to`, `delta` bytes further. */
+static void retarget(ms_tape *t, const by_buf *g, int from, int to, int64_t delta, int keep)
+{
+    for (int j = g->start[from]; j < g->start[from + 1]; j++) {
+        tape_op *o = &t->ops[g->a[j].op];
+        if (g->a[j].op == keep)
+            continue;
+        for (int r = 0; r < 4; r++)
+            if (o->p[r].buf == from) {
+                o->p[r].buf = to;
+                o->p[r].off += delta;
+            }
+    }
+}
+
 /* A plain copy of n bytes from *src to *dst: a host copy, a copy kernel
  * whose both sides are dense and in the same order, or, when ref computes
  * reductions (ref_copies_reduce), a reduction over axes that all have size 1,
@@ -205,13 +237,9 @@ static bool plain_copy(const tape_op *o, bool ref_copies_reduce, tref *src, tref
             return false;
         *n = all * (int64_t)ms__tape_dtype_bytes(o->dt);
     } else if (o->kind == MS_KERNEL_COPY) {
-        int64_t want = 1;
-        for (int d = o->ndim - 1; d >= 0; d--) {
-            if (o->shape[d] != 1 && (o->st[0][d] != want || o->st[1][d] != want))
-                return false;
-            want *= o->shape[d];
-        }
-        *n = want * (int64_t)ms__tape_dtype_bytes(o->dt);
+        if (!dense(o, 0) || !dense(o, 1))
+            return false;
+        *n = ms__tape_prod(o->ndim, o->shape) * (int64_t)ms__tape_dtype_bytes(o->dt);
     } else {
         return false;
     }
@@ -250,16 +278,7 @@ static void forward(ms_tape *t, const by_buf *g, int k, bool ref_copies_reduce)
         if (e->write && e->op > k && e->op <= last && e->lo < s.off + n && e->hi > s.off)
             return;
     }
-    for (int j = g->start[dst.buf]; j < g->start[dst.buf + 1]; j++) {
-        tape_op *o = &t->ops[g->a[j].op];
-        if (g->a[j].op == k)
-            continue;
-        for (int r = 0; r < 4; r++)
-            if (o->p[r].buf == dst.buf) {
-                o->p[r].buf = s.buf;
-                o->p[r].off += s.off - dst.off;
-            }
-    }
+    retarget(t, g, dst.buf, s.buf, s.off - dst.off, k); /* the copy itself stays */
 }
 
 /* Drop operations nothing reads; mark them with kind -1. */
@@ -291,20 +310,6 @@ static ms_status drop_dead(ms_tape *t)
     }
     free(reads);
     return MS_OK;
-}
-
-/* Whether binary operand j walks all of y's elements in y's (dense) order. */
-static bool dense_as_y(const tape_op *o, int j)
-{
-    int64_t want = 1;
-    for (int d = o->ndim - 1; d >= 0; d--) {
-        if (o->shape[d] == 1)
-            continue;
-        if (o->st[j][d] != want)
-            return false;
-        want *= o->shape[d];
-    }
-    return true;
 }
 
 /* A temporary whose bytes only the tape's operations give meaning to. */
@@ -339,7 +344,7 @@ static ms_status in_place(ms_tape *t, const by_buf *g, bool ref_binary)
         } else if (o->kind == MS_KERNEL_BINARY && ref_binary) {
             yr = 2;
             for (int j = 0; j < 2; j++)
-                if (dense_as_y(o, j))
+                if (dense(o, j))
                     cand[nc++] = j;
         } else {
             continue;
@@ -356,17 +361,10 @@ static ms_status in_place(ms_tape *t, const by_buf *g, bool ref_binary)
                 const int j = 1 - cand[c];
                 const tref w = o->p[j];
                 if (w.buf == y.buf ||
-                    (w.buf == x.buf && (w.off != x.off || !dense_as_y(o, j))))
+                    (w.buf == x.buf && (w.off != x.off || !dense(o, j))))
                     continue;
             }
-            for (int e = g->start[y.buf]; e < g->start[y.buf + 1]; e++) {
-                tape_op *q = &t->ops[g->a[e].op];
-                for (int r = 0; r < 4; r++)
-                    if (q->p[r].buf == y.buf) {
-                        q->p[r].buf = x.buf;
-                        q->p[r].off += x.off - y.off;
-                    }
-            }
+            retarget(t, g, y.buf, x.buf, x.off - y.off, -1);
             last[x.buf] = last[y.buf];
             first[y.buf] = last[y.buf] = -1;
             break;
@@ -432,22 +430,21 @@ ms_status ms__tape_optimize(ms_tape *t)
 {
     by_buf g = {0};
     ms_status st = group(t, &g);
-    /* the backend the replay will call (the traced one) leaves reductions
-     * to ref, or is ref */
+    /* whether ref computes a kernel family for the backend the replay will
+     * call (the traced one): it is ref, or leaves that slot empty */
     const ms_backend *be = ms__active_table(), *ref = ms__ref();
-    const bool ref_copies_reduce =
-        be && ref && (be == ref || !MS_BACKEND_HAS_SLOT(be, reduce) || !be->reduce);
+#define REF_SERVES(slot)                                                                          \
+    (be && ref && (be == ref || !MS_BACKEND_HAS_SLOT(be, slot) || !be->slot))
+    const bool ref_copies_reduce = REF_SERVES(reduce), ref_binary = REF_SERVES(binary);
+#undef REF_SERVES
     for (int k = 0; st == MS_OK && k < t->nops; k++)
         forward(t, &g, k, ref_copies_reduce);
     free(g.a);
     free(g.start);
     if (st == MS_OK)
         st = drop_dead(t);
-    if (st == MS_OK)
-        compact(t);
-    /* in place, on the compacted tape's accesses */
-    const bool ref_binary =
-        be && ref && (be == ref || !MS_BACKEND_HAS_SLOT(be, binary) || !be->binary);
+    /* in place, on the accesses of the operations that remain (dropped ones
+     * have none) */
     g = (by_buf){0};
     if (st == MS_OK)
         st = group(t, &g);
