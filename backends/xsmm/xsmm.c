@@ -369,13 +369,13 @@ static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batc
         !fits_int(ldc))
         return MS_ERR_UNSUPPORTED;
 
-    /* B's one column contiguous (n = 1: ldb 1, or B stored transposed), or
-     * B stored transposed n×1 (k = 1, ldb 1) */
-    const bool thin = (n == 1 && trans_a && m <= THIN_MAX_M && (trans_b || ldb == 1)) ||
-                      (k == 1 && trans_b && ldb == 1);
+    /* The thin loops take alpha 1 and beta 0 or 1.  column: one output
+     * column with B's column contiguous (ldb 1, or B stored transposed);
+     * outer: B stored transposed n×1 (k = 1, ldb 1). */
+    const bool plain = alpha == 1.0 && (beta == 0.0 || beta == 1.0);
+    const bool column = n == 1 && (trans_b || ldb == 1), outer = k == 1 && trans_b && ldb == 1;
 #ifdef HAVE_ROWDOT
-    if (g_avx512 && alpha == 1.0 && (beta == 0.0 || beta == 1.0) && n == 1 && !trans_a &&
-        (trans_b || ldb == 1)) {
+    if (plain && column && !trans_a && g_avx512) {
         if (dt == MS_F32)
             rowdot_f32(batch, m, k, a, lda, stride_a, b, stride_b, beta == 1.0, c, ldc, stride_c);
         else
@@ -384,7 +384,7 @@ static ms_status xsmm_gemm(ms_dtype dt, bool trans_a, bool trans_b, int64_t batc
         return MS_OK;
     }
 #endif
-    if (alpha == 1.0 && (beta == 0.0 || beta == 1.0) && thin) {
+    if (plain && ((column && trans_a && m <= THIN_MAX_M) || outer)) {
         if (dt == MS_F32)
             thin_f32(trans_a, batch, m, n, k, a, lda, stride_a, b, stride_b, beta == 1.0, c, ldc,
                      stride_c);
